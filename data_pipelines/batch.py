@@ -1,0 +1,79 @@
+"""The batch that travels from the data-loader workers to the training step.
+
+Shape legend: B batch, C channels, T frames, H/W pixels, K tokens kept per sample (padded to the batch
+maximum), N tokens in the full grid (Tp * Hp * Wp, time-major: index = t * Hp * Wp + h * Wp + w).
+
+Variable-length token sets are never truncated to the batch minimum: every sample keeps its own context
+and target sets; shorter rows are padded (with index 0) and a boolean `*_valid` tensor says which entries
+are real.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class MaskBatch:
+    """One mask configuration's context/target split for a whole batch (padded index sets)."""
+
+    context_idx: torch.Tensor  # [B, Kc] int64 token indices into the N-token grid
+    context_valid: torch.Tensor  # [B, Kc] bool, False on padding
+    target_idx: torch.Tensor  # [B, Kt] int64
+    target_valid: torch.Tensor  # [B, Kt] bool
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> MaskBatch:
+        return MaskBatch(
+            *(
+                t.to(device, non_blocking=non_blocking)
+                for t in (self.context_idx, self.context_valid, self.target_idx, self.target_valid)
+            )
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.context_idx.shape[0]
+
+    @staticmethod
+    def from_lists(context: list[torch.Tensor], target: list[torch.Tensor]) -> MaskBatch:
+        """Pads per-sample index lists (each a 1-D int64 tensor) into a MaskBatch."""
+        ctx_idx, ctx_valid = pad_index_lists(context)
+        tgt_idx, tgt_valid = pad_index_lists(target)
+        return MaskBatch(ctx_idx, ctx_valid, tgt_idx, tgt_valid)
+
+    def sample(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The i-th sample's (context, target) index tensors without padding."""
+        return self.context_idx[i][self.context_valid[i]], self.target_idx[i][self.target_valid[i]]
+
+
+def pad_index_lists(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacks 1-D index tensors of different lengths into ([B, Kmax] int64, [B, Kmax] bool)."""
+    if not rows:
+        raise ValueError("pad_index_lists needs at least one row")
+    k_max = max(int(r.numel()) for r in rows)
+    idx = torch.zeros(len(rows), k_max, dtype=torch.int64)
+    valid = torch.zeros(len(rows), k_max, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        idx[i, : r.numel()] = r
+        valid[i, : r.numel()] = True
+    return idx, valid
+
+
+@dataclass
+class VideoBatch:
+    """Clips as uint8 (normalised on the training device), labels, and one MaskBatch per mask config."""
+
+    clips: torch.Tensor  # [B, C, T, H, W] uint8
+    labels: torch.Tensor  # [B] int64, -1 where a sample has no label
+    masks: list[MaskBatch] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)  # sample keys ("shard/key"), for logs and bad-data reports
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> VideoBatch:
+        return VideoBatch(
+            clips=self.clips.to(device, non_blocking=non_blocking),
+            labels=self.labels.to(device, non_blocking=non_blocking),
+            masks=[m.to(device, non_blocking=non_blocking) for m in self.masks],
+            keys=list(self.keys),
+        )

@@ -1,0 +1,74 @@
+"""Drawing one MaskBatch per mask configuration, with randomness seeded per (seed, rank, worker, step)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from data_pipelines.batch import MaskBatch
+from data_pipelines.masking.indices import cap_tokens, mask_to_indices, split_indices
+from data_pipelines.masking.samplers import SAMPLERS
+from data_pipelines.masking.spec import MaskSpec
+
+
+def check_grid(grid: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The token grid (Tp, Hp, Wp) as three positive ints, else a ValueError naming `grid`."""
+    if len(grid) != 3 or any(not isinstance(g, int) or g < 1 for g in grid):
+        raise ValueError(f"grid: expected three positive ints (Tp, Hp, Wp), got {grid!r}")
+    return tuple(grid)
+
+
+def draw_masks(
+    specs: list[MaskSpec], *, grid: tuple[int, int, int], batch_size: int, generator: torch.Generator
+) -> list[MaskBatch]:
+    """One MaskBatch per spec for a batch of clips on the token grid (Tp, Hp, Wp); CPU tensors."""
+    grid = check_grid(grid)
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    out = []
+    for i, spec in enumerate(specs):
+        spec.validate(f"mask.{i}")
+        context_bn, target_bn = SAMPLERS[spec.kind](
+            spec, grid=grid, batch_size=batch_size, generator=generator
+        )
+        if spec.max_context_tokens is not None:
+            context_bn = ~target_bn if context_bn is None else context_bn
+            context_bn = cap_tokens(context_bn, spec.max_context_tokens, generator=generator)
+        if context_bn is None:
+            context, target = split_indices(target_bn)
+        else:
+            context, target = mask_to_indices(context_bn), mask_to_indices(target_bn)
+        out.append(MaskBatch(*context, *target))
+    return out
+
+
+def mix_seed(*parts: int) -> int:
+    """A 64-bit seed from a tuple of ints; nearby tuples give unrelated seeds (and so streams)."""
+    digest = hashlib.blake2b(repr(("vjepa.masks", *parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+class MaskGenerator:
+    """Reproducible masks: the draw for (seed, rank, worker, step) never depends on earlier calls.
+
+    A resumed run therefore draws exactly the masks an uninterrupted one would, and ranks and data-loader
+    workers draw independent masks.
+    """
+
+    def __init__(
+        self, specs: list[MaskSpec], *, grid: tuple[int, int, int], seed: int, rank: int = 0
+    ) -> None:
+        for i, spec in enumerate(specs):
+            spec.validate(f"mask.{i}")
+        self.specs = list(specs)
+        self.grid = check_grid(grid)
+        self.seed = seed
+        self.rank = rank
+
+    def generator_for(self, *, worker: int, step: int) -> torch.Generator:
+        return torch.Generator().manual_seed(mix_seed(self.seed, self.rank, worker, step))
+
+    def __call__(self, batch_size: int, *, worker: int, step: int) -> list[MaskBatch]:
+        generator = self.generator_for(worker=worker, step=step)
+        return draw_masks(self.specs, grid=self.grid, batch_size=batch_size, generator=generator)

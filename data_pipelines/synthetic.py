@@ -1,0 +1,270 @@
+"""The built-in dataset: rendered videos whose class can only be told from motion over time.
+
+Shape legend: T frames, H = W = size pixels; videos are [T, H, W, 3] uint8 RGB.
+
+Every class draws its first frame from the same distribution: the target object's shape, two-tone colours,
+size, orientation and position (uniform over the frame) do not depend on the label. The label only decides
+how the object moves afterwards. Positions wrap around the frame edges (a torus), so an object can start
+anywhere and still travel far: at size 64 a translating object moves 24-48 px (1.5-3 patches of 16 px),
+a rotating one turns 180-300 degrees (its tips sweep 20+ px), a growing/shrinking one changes its size
+2-2.5x. All distances scale with `size`. Distractors (1-3 small blobs wandering at random) and a textured,
+slowly drifting background make single pixels and frame differences less trivial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data_pipelines.encode import encode_video
+from data_pipelines.shard_writer import ShardWriter
+
+__all__ = [
+    "CLASS_NAMES",
+    "Trajectory",
+    "object_trajectory",
+    "render_scene",
+    "render_video",
+    "write_synthetic_dataset",
+]
+
+CLASS_NAMES: list[str] = [
+    "move_right",
+    "move_left",
+    "move_down",
+    "move_up",
+    "rotate_cw",
+    "rotate_ccw",
+    "grow",
+    "shrink",
+    "right_then_back",
+    "up_then_back",
+]
+_DIRECTION = {  # (dy, dx) in image coordinates, y pointing down
+    "move_right": (0.0, 1.0),
+    "move_left": (0.0, -1.0),
+    "move_down": (1.0, 0.0),
+    "move_up": (-1.0, 0.0),
+    "right_then_back": (0.0, 1.0),
+    "up_then_back": (-1.0, 0.0),
+}
+_SHAPES = ("ellipse", "rect", "triangle")
+_GOP = 16
+_CRF = 18
+
+
+@dataclass
+class Trajectory:
+    """The target object's pose per frame, in pixels at the rendered size (center is not wrapped)."""
+
+    center: np.ndarray  # [T, 2] (y, x)
+    angle: np.ndarray  # [T] radians; increasing = clockwise on screen (y points down)
+    scale: np.ndarray  # [T] size relative to frame 0
+
+
+def object_trajectory(label: int, *, frames: int, size: int, rng: np.random.Generator) -> Trajectory:
+    """Sample the target's motion for class `label`; the pose at frame 0 is label-independent."""
+    if not 0 <= label < len(CLASS_NAMES):
+        raise ValueError(f"label must be in [0, {len(CLASS_NAMES)}), got {label}")
+    name, s = CLASS_NAMES[label], size / 64.0
+    t = np.linspace(0.0, 1.0, frames)[:, None]  # [T, 1] clip progress
+    center0 = rng.uniform(0.0, size, 2)
+    drift = rng.uniform(-4.0, 4.0, 2) * s  # small sideways wander shared by every class
+    angle0 = rng.uniform(0.0, 2 * np.pi)
+    spin = rng.uniform(-0.25, 0.25)
+    scale_end = rng.uniform(0.9, 1.1)
+    offset = t * drift
+    if name in ("move_right", "move_left", "move_down", "move_up"):
+        offset = offset + t * rng.uniform(24.0, 48.0) * s * np.array(_DIRECTION[name])
+    elif name in ("right_then_back", "up_then_back"):
+        out_and_back = 1.0 - np.abs(2.0 * t - 1.0)  # 0 -> 1 at mid-clip -> 0
+        offset = offset + out_and_back * rng.uniform(20.0, 32.0) * s * np.array(_DIRECTION[name])
+    elif name in ("rotate_cw", "rotate_ccw"):
+        spin = rng.uniform(np.pi, 5 * np.pi / 3) * (1.0 if name == "rotate_cw" else -1.0)
+    elif name == "grow":
+        scale_end = rng.uniform(2.0, 2.5)
+    elif name == "shrink":
+        scale_end = 1.0 / rng.uniform(2.0, 2.5)
+    t = t[:, 0]
+    return Trajectory(center=center0 + offset, angle=angle0 + spin * t, scale=scale_end**t)
+
+
+def _wrapped(coord: np.ndarray, center: np.ndarray, size: int) -> np.ndarray:
+    """Signed distance from center to coord on a circle of length `size` (objects wrap at the edges)."""
+    return (coord - center + size / 2) % size - size / 2
+
+
+def _shape_sdf(kind: str, u: np.ndarray, v: np.ndarray, a: float, b: float) -> np.ndarray:
+    """Approximate signed distance (negative inside) to a shape with half-length a along u, b along v."""
+    if kind == "ellipse":
+        return (np.sqrt((u / a) ** 2 + (v / b) ** 2) - 1.0) * b
+    if kind == "rect":
+        return np.maximum(np.abs(u) - a, np.abs(v) - b)
+    # isosceles triangle, apex at (a, 0), base from (-a, -b) to (-a, b)
+    slanted = (b * u + 2 * a * np.abs(v) - a * b) / np.hypot(b, 2 * a)
+    return np.maximum(-a - u, slanted)
+
+
+def _object_layers(
+    traj: Trajectory, kind: str, a: float, b: float, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Coverage alpha [T, H, W] and front-half mask [T, H, W] (u > 0) of a posed shape."""
+    grid = np.arange(size, dtype=np.float32) + 0.5
+    dy = _wrapped(grid[None, :, None], traj.center[:, 0, None, None], size)  # [T, H, 1]
+    dx = _wrapped(grid[None, None, :], traj.center[:, 1, None, None], size)  # [T, 1, W]
+    cos, sin = np.cos(traj.angle)[:, None, None], np.sin(traj.angle)[:, None, None]
+    scale = traj.scale[:, None, None]
+    u = (cos * dx + sin * dy) / scale  # [T, H, W] object-frame coordinates
+    v = (cos * dy - sin * dx) / scale
+    sdf = _shape_sdf(kind, u, v, a, b) * scale
+    return np.clip(0.5 - sdf, 0.0, 1.0).astype(np.float32), u > 0
+
+
+def _background(frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Noise, stripes or a gradient between two muted colours, drifting slowly: [T, H, W, 3] float32."""
+    grid = np.arange(size, dtype=np.float32)
+    drift = rng.uniform(-6.0, 6.0, 2) * size / 64.0 * np.linspace(0, 1, frames)[:, None]  # [T, 2] px
+    y = grid[None, :, None] - drift[:, 0, None, None]  # [T, H, 1]
+    x = grid[None, None, :] - drift[:, 1, None, None]  # [T, 1, W]
+    kind = rng.integers(3)
+    if kind == 0:  # smooth noise: a few random low-frequency waves
+        count, low, high = 6, 0.5, 3.0
+    elif kind == 1:  # stripes
+        count, low, high = 1, 3.0, 8.0
+    else:  # gradient with a faint ripple
+        count, low, high = 1, 0.3, 0.5
+    value = np.zeros((frames, size, size), np.float32)
+    for _ in range(count):
+        freq = rng.uniform(low, high) * 2 * np.pi / size
+        theta = rng.uniform(0, 2 * np.pi)
+        value += np.sin(freq * (np.cos(theta) * x + np.sin(theta) * y) + rng.uniform(0, 2 * np.pi))
+    value = (value - value.min()) / max(float(value.max() - value.min()), 1e-6)
+    c1 = rng.uniform(30, 220, 3).astype(np.float32)
+    c2 = c1 + 0.6 * (rng.uniform(30, 220, 3).astype(np.float32) - c1)
+    return c1 + value[..., None] * (c2 - c1)
+
+
+def _distractors(video: np.ndarray, size: int, rng: np.random.Generator) -> None:
+    """Paint 1-3 small blobs that wander along smooth random paths (no consistent direction)."""
+    frames, s = video.shape[0], size / 64.0
+    for _ in range(int(rng.integers(1, 4))):
+        knots = rng.normal(0.0, 5.0 * s, (4, 2))  # path through 4 random points, +-10 px
+        t = np.linspace(0, 3, frames)
+        path = np.stack([np.interp(t, np.arange(4), knots[:, i]) for i in range(2)], axis=1)  # [T, 2]
+        traj = Trajectory(
+            center=rng.uniform(0, size, 2) + path,
+            angle=np.full(frames, rng.uniform(0, np.pi)),
+            scale=np.ones(frames),
+        )
+        a = rng.uniform(2.5, 4.5) * s
+        alpha, _ = _object_layers(traj, "ellipse", a, a * rng.uniform(0.6, 1.0), size)
+        video += alpha[..., None] * (rng.uniform(0, 255, 3).astype(np.float32) - video)
+
+
+@dataclass
+class Scene:
+    video: np.ndarray  # [T, H, W, 3] uint8
+    target_alpha: np.ndarray  # [T, H, W] float32 coverage of the labelled object
+    trajectory: Trajectory
+
+
+def render_scene(label: int, *, frames: int, size: int, rng: np.random.Generator) -> Scene:
+    """Render one video of class `label` with its target mask and trajectory (for tests and inspection)."""
+    if frames < 1 or size < 8:
+        raise ValueError(f"need frames >= 1 and size >= 8, got frames={frames} size={size}")
+    traj = object_trajectory(label, frames=frames, size=size, rng=rng)
+    video = _background(frames, size, rng)
+    _distractors(video, size, rng)
+    kind = _SHAPES[int(rng.integers(len(_SHAPES)))]
+    a = rng.uniform(7.0, 12.0) * size / 64.0
+    b = a * rng.uniform(0.45, 0.75)
+    front = rng.uniform(0, 255, 3).astype(np.float32)
+    back = 255.0 - front  # complementary halves make the orientation (and rotation) visible
+    alpha, front_half = _object_layers(traj, kind, a, b, size)
+    colour = np.where(front_half[..., None], front, back)
+    video += alpha[..., None] * (colour - video)
+    return Scene(video=np.clip(video + 0.5, 0, 255).astype(np.uint8), target_alpha=alpha, trajectory=traj)
+
+
+def render_video(label: int, *, frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One [T, H, W, 3] uint8 RGB video of class `label` (see the module docstring for the classes)."""
+    return render_scene(label, frames=frames, size=size, rng=rng).video
+
+
+def _make_sample(job: tuple[str, int, int, int, int, int, float]) -> tuple[str, bytes, dict]:
+    """Worker: render and encode one video; its RNG depends only on (seed, split, index)."""
+    split, split_id, index, label, frames, size, seed, fps = job
+    rng = np.random.default_rng([seed, split_id, index])
+    data = encode_video(render_video(label, frames=frames, size=size, rng=rng), fps=fps, gop=_GOP, crf=_CRF)
+    meta = {
+        "label": label,
+        "class": CLASS_NAMES[label],
+        "fps": fps,
+        "frames": frames,
+        "height": size,
+        "width": size,
+    }
+    return f"{split}_{index:06d}", data, meta
+
+
+def _split_jobs(
+    split: str, split_id: int, n: int, *, classes: int, frames: int, size: int, seed: int, fps: float
+) -> list[tuple]:
+    labels = np.random.default_rng([seed, split_id]).permutation(np.arange(n) % classes)  # balanced
+    return [(split, split_id, i, int(labels[i]), frames, size, seed, fps) for i in range(n)]
+
+
+def write_synthetic_dataset(
+    out: str | Path,
+    *,
+    videos: int = 400,
+    val_videos: int | None = None,
+    classes: int = 8,
+    frames: int = 32,
+    size: int = 64,
+    fps: float = 15,
+    seed: int = 0,
+    shard_size: int = 100,
+    workers: int = 2,
+) -> dict:
+    """Write `out/train/shard-*.tar`, `out/val/shard-*.tar`, `out/classes.json` and `out/summary.json`.
+
+    Each sample is `KEY.mp4` (H.264, keyframe every 16 frames) + `KEY.json` {label, class, fps, frames,
+    height, width}. Labels are balanced; `val_videos` defaults to 25% of `videos`. The output depends only on
+    the arguments (not on `workers`).
+    """
+    if not 1 <= classes <= len(CLASS_NAMES):
+        raise ValueError(f"classes must be in [1, {len(CLASS_NAMES)}], got {classes}")
+    if size < 8 or size % 2:
+        raise ValueError(f"size must be an even number >= 8 (yuv420p), got {size}")
+    if videos < 1 or frames < 1:
+        raise ValueError(f"videos and frames must be >= 1, got videos={videos} frames={frames}")
+    val_videos = round(0.25 * videos) if val_videos is None else val_videos
+    if val_videos < 0:
+        raise ValueError(f"val_videos must be >= 0, got {val_videos}")
+    start = time.perf_counter()
+    out = Path(out)
+    common = dict(classes=classes, frames=frames, size=size, seed=seed, fps=float(fps))
+    splits = {
+        "train": _split_jobs("train", 0, videos, **common),
+        "val": _split_jobs("val", 1, val_videos, **common),
+    }
+    summary: dict = {"out": str(out), "classes": CLASS_NAMES[:classes], **common}
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else contextlib.nullcontext()
+    with pool:  # a real pool is terminated on exit, also when a worker raised
+        for split, jobs in splits.items():
+            results = pool.imap(_make_sample, jobs, chunksize=8) if workers > 1 else map(_make_sample, jobs)
+            with ShardWriter(out / split, shard_size=shard_size) as writer:
+                for key, data, meta in results:
+                    writer.write(key, data, ext="mp4", meta=meta)
+            summary[split] = {"videos": writer.samples, "shards": len(writer.shards)}
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    (out / "classes.json").write_text(json.dumps(CLASS_NAMES[:classes], indent=1))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary

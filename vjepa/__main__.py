@@ -1,0 +1,5 @@
+import sys
+
+from vjepa.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the `vjepa` command, one module each (`register(subparsers)`)."""

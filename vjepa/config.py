@@ -1,0 +1,304 @@
+"""One typed config tree. Dataclasses hold every default; YAML files and `key=value` overrides only override.
+
+Loading is strict: an unknown key, a value of the wrong type or an inconsistent combination raises a
+ValueError that names the dotted key, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from data_pipelines.config import DataConfig
+from data_pipelines.masking import MaskSpec, default_mask_specs
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vit_large"  # encoder size, see vjepa.models.registry
+    patch_size: int = 16
+    tubelet_size: int = 2
+    pos_embed: str = "sincos"  # sincos (fixed 3D sin-cos, V-JEPA 1) | rope (3D rotary, V-JEPA 2)
+    attention: str = "sdpa"  # sdpa | xformers (CUDA only)
+    activation_checkpointing: bool = False
+    pred_width: int = 384
+    pred_depth: int = 12
+    pred_heads: int = 16
+
+
+@dataclass
+class OptimConfig:
+    schedule: str = "vjepa1"  # vjepa1 (warmup + cosine) | vjepa2 (warmup + constant [+ cooldown])
+    lr: float = 6.25e-4  # peak learning rate
+    start_lr: float = 2e-4
+    final_lr: float = 1e-6
+    warmup_steps: int = 40
+    weight_decay: float = 0.04
+    final_weight_decay: float = 0.4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float | None = None  # max global grad norm; None disables clipping
+    ema_start: float = 0.998
+    ema_end: float = 1.0
+    schedule_scale: float = 1.25  # schedules are defined over this multiple of train.steps
+    cooldown_steps: int = 0  # vjepa2: linear lr decay over the last steps (a separate phase)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    precision: str = "bf16"  # bf16 (autocast, fp32 weights) | fp32
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0
+    out_dir: str = "runs/default"
+    max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
+
+
+@dataclass
+class DistConfig:
+    backend: str = "single"  # single | ddp | deepspeed
+    zero_stage: int = 2
+    deepspeed: dict[str, Any] = field(default_factory=dict)  # raw DeepSpeed keys merged over the derived config
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 1000
+    keep_last: int = 2
+    resume: bool = True  # resume from the latest checkpoint in train.out_dir when there is one
+
+
+@dataclass
+class LogConfig:
+    every_steps: int = 1
+    progress: bool = True
+    jsonl: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mask: list[MaskSpec] = field(default_factory=default_mask_specs)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.pos_embed": ("sincos", "rope"),
+    "model.attention": ("sdpa", "xformers"),
+    "optim.schedule": ("vjepa1", "vjepa2"),
+    "train.precision": ("bf16", "fp32"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "dist.backend": ("single", "ddp", "deepspeed"),
+}
+
+
+# ----------------------------------------------------------------------------- typed conversion
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Checks `value` against the annotation `tp` and converts containers; errors name `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, key)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {tp}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, prefix=key)
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ValueError(f"{key}: expected {len(args)} values, got {len(value)}")
+            return tuple(_convert(v, a, f"{key}.{i}") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        out = [_convert(v, item, f"{key}.{i}") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{key}: unsupported annotation {tp!r}")
+
+
+def from_dict(cls: type, data: dict[str, Any], *, prefix: str = "") -> Any:
+    """Builds dataclass `cls` from a plain dict; unknown keys and wrong types are errors naming the key."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            full = f"{prefix}.{key}" if prefix else str(key)
+            raise ValueError(f"unknown config key '{full}' (known: {', '.join(sorted(names))})")
+    kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> Any:
+    """The config as plain YAML-ready data (tuples become lists)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+# ----------------------------------------------------------------------------- merging and overrides
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Deep-merges mapping `over` into `base` (lists and scalars are replaced)."""
+    out = dict(base)
+    for key, value in over.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in base:
+            raise ValueError(f"unknown config key '{full}'")
+        if isinstance(base[key], dict) and isinstance(value, dict) and not full.startswith("dist.deepspeed"):
+            out[key] = _merge(base[key], value, full)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Applies one `dotted.key=value` override in place; the value is parsed as YAML (so 1e-3, true, [1, 2])."""
+    if "=" not in assignment:
+        raise ValueError(f"override '{assignment}' is not of the form key=value")
+    dotted, raw = assignment.split("=", 1)
+    parts = dotted.strip().split(".")
+    node: Any = data
+    for depth, part in enumerate(parts):
+        here = ".".join(parts[: depth + 1])
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ValueError(f"unknown config key '{here}' (list of {len(node)} entries)")
+            part = int(part)
+        elif not isinstance(node, dict) or (part not in node and not here.startswith("dist.deepspeed.")):
+            raise ValueError(f"unknown config key '{here}'")
+        if last:
+            node[part] = yaml.safe_load(raw) if raw.strip() else ""
+        else:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else node[part]
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file, then `key=value` overrides; validated before anything runs."""
+    data = to_dict(Config())
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file not found: {path}")
+        with path.open() as f:
+            loaded = yaml.safe_load(f) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: a config file must hold a mapping at the top level")
+        try:
+            data = _merge(data, loaded, "")
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+    for assignment in overrides:
+        apply_override(data, assignment)
+    cfg = from_dict(Config, data)
+    validate(cfg)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# ----------------------------------------------------------------------------- consistency checks
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{key}: {message}")
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks; every error names the key at fault."""
+    from vjepa.models.registry import MODEL_SIZES
+
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        _check(value in choices, key, f"must be one of {choices}, got {value!r}")
+    m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
+    _check(m.name in MODEL_SIZES, "model.name", f"unknown size {m.name!r} (known: {', '.join(MODEL_SIZES)})")
+    for key in ("patch_size", "tubelet_size", "pred_width", "pred_depth", "pred_heads"):
+        _check(getattr(m, key) >= 1, f"model.{key}", "must be >= 1")
+    _check(m.pred_width % m.pred_heads == 0, "model.pred_width", "must be divisible by model.pred_heads")
+    _check(
+        d.frames_per_clip % m.tubelet_size == 0,
+        "data.frames_per_clip",
+        f"{d.frames_per_clip} is not divisible by model.tubelet_size={m.tubelet_size}",
+    )
+    _check(
+        d.crop_size % m.patch_size == 0,
+        "data.crop_size",
+        f"{d.crop_size} is not divisible by model.patch_size={m.patch_size}",
+    )
+    _check(len(cfg.mask) >= 1, "mask", "needs at least one mask configuration")
+    for i, spec in enumerate(cfg.mask):
+        if hasattr(spec, "validate"):
+            spec.validate(f"mask.{i}")
+    if hasattr(d, "validate"):
+        d.validate("data")
+    _check(t.steps >= 1, "train.steps", "must be >= 1")
+    _check(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
+    _check(o.lr > 0, "optim.lr", "must be > 0")
+    _check(0 <= o.warmup_steps, "optim.warmup_steps", "must be >= 0")
+    _check(0.0 <= o.ema_start <= o.ema_end <= 1.0, "optim.ema_start", "need 0 <= ema_start <= ema_end <= 1")
+    _check(o.schedule_scale >= 1.0, "optim.schedule_scale", "must be >= 1")
+    _check(o.cooldown_steps >= 0, "optim.cooldown_steps", "must be >= 0")
+    _check(o.grad_clip is None or o.grad_clip > 0, "optim.grad_clip", "must be > 0 or null")
+    _check(cfg.dist.zero_stage in (0, 1, 2, 3), "dist.zero_stage", "must be 0, 1, 2 or 3")
+    _check(cfg.checkpoint.every_steps >= 1, "checkpoint.every_steps", "must be >= 1")
+    _check(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
+    _check(cfg.log.every_steps >= 1, "log.every_steps", "must be >= 1")

@@ -1,0 +1,100 @@
+"""Training engines: how the JEPA model is wrapped, stepped, EMA-updated and checkpointed.
+
+Every engine exposes the same small surface that `vjepa.train.trainer.train_step` uses:
+`forward(clips, masks)`, `backward(loss)`, `step(lr, weight_decay)`, `ema(momentum)`,
+`all_finite(flag)`, `save(folder)`, `load(folder)`, plus `module` (the unwrapped JepaModel), `target`
+(the EMA encoder) and `barrier()`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from data_pipelines.batch import MaskBatch
+from vjepa.config import Config
+from vjepa.models.jepa import JepaModel
+from vjepa.objective import JepaOutput, target_features
+from vjepa.train.checkpoint import atomic_torch_save
+from vjepa.train.ema import ema_update, make_target
+from vjepa.train.optim import build_optimizer, set_lr_wd
+
+
+class SingleEngine:
+    """One process (also the base of the DDP engine): plain modules, torch AdamW, fp32 EMA target."""
+
+    def __init__(self, cfg: Config, model: JepaModel, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.module = model
+        self.model: nn.Module = model
+        self.target = make_target(model.encoder)
+        self.optimizer = build_optimizer(model, cfg.optim)
+
+    def barrier(self) -> None:
+        return None
+
+    def all_finite(self, flag: bool) -> bool:
+        """True only if `flag` holds on every rank (so all ranks skip a bad step together)."""
+        return flag
+
+    def forward(self, clips: torch.Tensor, masks: list[MaskBatch]) -> JepaOutput:
+        targets = target_features(self.target, clips)
+        return self.model(clips, masks, targets)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def grad_norm(self) -> torch.Tensor:
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+    def step(self, lr: float, weight_decay: float) -> tuple[float, bool]:
+        """Clips (optional), checks the gradients are finite on all ranks, steps. -> (grad norm, applied)."""
+        norm = self.grad_norm()
+        if self.cfg.optim.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.optim.grad_clip)
+        finite = self.all_finite(bool(torch.isfinite(norm)))
+        if finite:
+            set_lr_wd(self.optimizer, lr, weight_decay)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm), finite
+
+    def skip(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def ema(self, momentum: float) -> None:
+        ema_update(self.target, self.module.encoder, momentum)
+
+    def state(self) -> dict:
+        return {
+            "encoder": self.module.encoder.state_dict(),
+            "predictor": self.module.predictor.state_dict(),
+            "target_encoder": self.target.state_dict(),
+            "opt": self.optimizer.state_dict(),
+        }
+
+    def save(self, folder: Path, rank: int = 0) -> None:
+        if rank == 0:
+            atomic_torch_save(self.state(), folder / "model.pt")
+
+    def load(self, folder: Path) -> None:
+        state = torch.load(folder / "model.pt", map_location=self.device, weights_only=False)
+        self.module.encoder.load_state_dict(state["encoder"])
+        self.module.predictor.load_state_dict(state["predictor"])
+        self.target.load_state_dict(state["target_encoder"])
+        self.optimizer.load_state_dict(state["opt"])
+
+
+def build_engine(cfg: Config, model: JepaModel, device: torch.device, env) -> SingleEngine:
+    backend = cfg.dist.backend
+    if backend == "single":
+        if env.world_size > 1:
+            raise ValueError(
+                f"dist.backend=single but the launcher started {env.world_size} processes; "
+                "use dist.backend=ddp or dist.backend=deepspeed"
+            )
+        return SingleEngine(cfg, model.to(device), device)
+    raise ValueError(f"dist.backend={backend!r} is not available in this build")

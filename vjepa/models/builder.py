@@ -1,0 +1,89 @@
+"""Builders: models are constructed on the `meta` device (no memory, no init cost), then materialised on
+the target device and initialised there. Nothing here calls `.cuda()`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from vjepa.models.encoder import VisionTransformer3D
+from vjepa.models.predictor import Predictor
+from vjepa.models.registry import get_size
+
+
+def _as_hw(crop: int | tuple[int, int]) -> tuple[int, int]:
+    return (crop, crop) if isinstance(crop, int) else (int(crop[0]), int(crop[1]))
+
+
+def token_grid(*, frames: int, crop: int | tuple[int, int], patch: int, tubelet: int) -> tuple[int, int, int]:
+    h, w = _as_hw(crop)
+    if frames % tubelet:
+        raise ValueError(f"frames={frames} is not divisible by the tubelet size {tubelet}")
+    if h % patch or w % patch:
+        raise ValueError(f"crop {h}x{w} is not divisible by the patch size {patch}")
+    return frames // tubelet, h // patch, w // patch
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module) -> None:
+    """Truncated normal (std 0.02) for Linear and Conv weights, zero biases, unit LayerNorms, fixed position
+    tables, zero mask tokens; residual output projections scaled by 1/sqrt(2 * layer)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv3d)):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        if hasattr(module, "reset_positions"):
+            module.reset_positions()
+    for name, param in model.named_parameters():
+        if "mask_tokens" in name:
+            nn.init.zeros_(param)
+    blocks = getattr(model, "blocks", None) or getattr(model, "predictor_blocks", None) or []
+    for layer, block in enumerate(blocks, start=1):
+        block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
+        block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer))
+
+
+def materialize(model: nn.Module, device: torch.device | str | None) -> nn.Module:
+    """Allocates a meta-built model on `device` and initialises it; `device="meta"` keeps it abstract."""
+    if device is not None and torch.device(device).type == "meta":
+        return model
+    model = model.to_empty(device=device or "cpu")
+    init_weights(model)
+    return model
+
+
+def build_encoder(
+    name: str, *, frames: int, crop: int | tuple[int, int], patch: int = 16, tubelet: int = 2,
+    pos_embed: str = "sincos", attention: str = "sdpa", grad_ckpt: bool = False,
+    device: torch.device | str | None = None,
+) -> VisionTransformer3D:
+    """A 3D-patch ViT encoder of a registered size for clips of `frames` x `crop` (int or (h, w))."""
+    size = get_size(name)
+    grid = token_grid(frames=frames, crop=crop, patch=patch, tubelet=tubelet)
+    with torch.device("meta"):
+        model = VisionTransformer3D(
+            width=size.width, depth=size.depth, heads=size.heads, mlp_hidden=size.mlp_hidden, grid=grid,
+            patch=patch, tubelet=tubelet, pos_embed=pos_embed, attention=attention, grad_ckpt=grad_ckpt,
+        )
+    return materialize(model, device)
+
+
+def build_predictor(
+    *, embed_dim: int, frames: int, crop: int | tuple[int, int], patch: int = 16, tubelet: int = 2,
+    width: int = 384, depth: int = 12, heads: int = 16, num_mask_tokens: int = 2, pos_embed: str = "sincos",
+    attention: str = "sdpa", grad_ckpt: bool = False, device: torch.device | str | None = None,
+) -> Predictor:
+    """The narrow predictor for an encoder of width `embed_dim`, one mask token per mask configuration."""
+    grid = token_grid(frames=frames, crop=crop, patch=patch, tubelet=tubelet)
+    with torch.device("meta"):
+        model = Predictor(
+            embed_dim=embed_dim, width=width, depth=depth, heads=heads, grid=grid,
+            num_mask_tokens=num_mask_tokens, pos_embed=pos_embed, attention=attention, grad_ckpt=grad_ckpt,
+        )
+    return materialize(model, device)

@@ -1,0 +1,80 @@
+"""The 3D-patch ViT encoder. With context indices it encodes only those tokens (padded per sample).
+
+Shape legend: B batch, C channels, T frames, H/W pixels, N grid tokens, K kept tokens, D width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from vjepa.layers.block import Block
+from vjepa.layers.patch_embed import TubeletEmbed
+from vjepa.layers.pos_embed import grid_coords, sincos_3d
+from vjepa.models.tokens import gather_tokens, token_coords
+
+
+def run_blocks(
+    blocks: nn.ModuleList, x: torch.Tensor, valid: torch.Tensor | None, coords: torch.Tensor | None,
+    grad_ckpt: bool,
+) -> torch.Tensor:
+    for block in blocks:
+        if grad_ckpt and torch.is_grad_enabled():
+            x = checkpoint(block, x, valid, coords, use_reentrant=False)
+        else:
+            x = block(x, valid, coords)
+    return x
+
+
+class VisionTransformer3D(nn.Module):
+    def __init__(
+        self, *, width: int, depth: int, heads: int, mlp_hidden: int, grid: tuple[int, int, int],
+        patch: int = 16, tubelet: int = 2, pos_embed: str = "sincos", attention: str = "sdpa",
+        grad_ckpt: bool = False, device=None, dtype=None,
+    ) -> None:
+        super().__init__()
+        if pos_embed not in ("sincos", "rope"):
+            raise ValueError(f"model.pos_embed: unknown kind {pos_embed!r}")
+        self.width, self.grid, self.grad_ckpt = width, tuple(grid), grad_ckpt
+        self.use_rope = pos_embed == "rope"
+        self.patch_embed = TubeletEmbed(width, patch=patch, tubelet=tubelet, device=device, dtype=dtype)
+        if not self.use_rope:
+            n = grid[0] * grid[1] * grid[2]
+            self.register_buffer("pos_embed", torch.zeros(1, n, width, device=device, dtype=dtype))
+        self.blocks = nn.ModuleList(
+            Block(width, heads, mlp_hidden, backend=attention, rope=self.use_rope, device=device, dtype=dtype)
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(width, eps=1e-6, device=device, dtype=dtype)
+
+    def reset_positions(self) -> None:
+        if not self.use_rope:
+            self.pos_embed.copy_(sincos_3d(self.width, self.grid)[None])
+
+    def positions(self, grid: tuple[int, int, int]) -> torch.Tensor:
+        """The additive table for `grid` [1, N, D]; trilinear interpolation when it differs from the built one."""
+        if tuple(grid) == self.grid:
+            return self.pos_embed
+        table = self.pos_embed.reshape(1, *self.grid, self.width).permute(0, 4, 1, 2, 3)  # [1, D, Tp, Hp, Wp]
+        table = F.interpolate(table.float(), size=tuple(grid), mode="trilinear", align_corners=False)
+        return table.permute(0, 2, 3, 4, 1).flatten(1, 3).to(self.pos_embed.dtype)
+
+    def forward(
+        self, clips: torch.Tensor, context_idx: torch.Tensor | None = None,
+        context_valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """clips [B, C, T, H, W] -> [B, N, D], or [B, K, D] at `context_idx` [B, K] (padding rows are junk)."""
+        grid = self.patch_embed.grid(*clips.shape[2:])
+        x = self.patch_embed(clips)  # [B, N, D]
+        if not self.use_rope:
+            x = x + self.positions(grid).to(x.dtype)
+        coords = None
+        if context_idx is not None:
+            x = gather_tokens(x, context_idx)  # [B, K, D]
+            coords = token_coords(context_idx, grid) if self.use_rope else None
+        elif self.use_rope:
+            coords = grid_coords(grid, device=x.device)[None].expand(x.shape[0], -1, -1)
+        x = run_blocks(self.blocks, x, context_valid, coords, self.grad_ckpt)
+        return self.norm(x)
