@@ -4,22 +4,95 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+SOURCE_KINDS = ("auto", "shards", "csv", "folder")
+DATASETS = ("synthetic", "files")
+DECODERS = ("auto", "decord", "pyav")
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{key}: {message}")
+
+
+def _check_range(value: tuple[float, float], key: str, low: float, high: float) -> None:
+    _check(len(value) == 2, key, f"expected two numbers (min, max), got {value!r}")
+    a, b = value
+    _check(low < a <= b <= high, key, f"need {low} < min <= max <= {high}, got {value!r}")
+
 
 @dataclass
 class SourceConfig:
-    """One data source: a shard folder/glob, a CSV list (`path label` lines) or a folder of videos."""
+    """One data source: tar shards (a folder, a glob or `shard-{000000..000009}.tar`), a CSV list
+    (`path label` lines, space-separated, no header; relative paths are relative to the CSV's folder) or
+    a folder of videos (labels from class subfolders when every video sits in one, else -1).
+
+    `weight` scales how many of the source's shards (or videos) one epoch draws: 1.0 = each once, 2.0 =
+    each twice, 0.5 = a different seeded half every epoch.
+    """
 
     path: str = ""
     kind: str = "auto"  # auto | shards | csv | folder
     weight: float = 1.0
+
+    def validate(self, prefix: str = "source") -> None:
+        _check(bool(self.path), f"{prefix}.path", "must name a shard folder/pattern, a CSV file or a folder")
+        _check(self.kind in SOURCE_KINDS, f"{prefix}.kind", f"must be one of {SOURCE_KINDS}, got {self.kind!r}")
+        _check(self.weight > 0, f"{prefix}.weight", f"must be > 0, got {self.weight}")
 
 
 @dataclass
 class DataConfig:
     dataset: str = "synthetic"  # synthetic (clips generated in memory, no files) | files (the sources below)
     sources: list[SourceConfig] = field(default_factory=list)
+    # clip sampling
     frames_per_clip: int = 16
-    frame_step: int = 4
+    frame_step: int = 4  # source frames between sampled frames (ignored when `fps` is set)
+    fps: float | None = None  # sample at this rate instead, from each video's own frame rate
+    num_clips: int = 1  # clips cut from one decoded video; they are consecutive rows of a batch
+    pad_short: bool = True  # repeat the last frame of too-short videos; False skips them as bad samples
+    # augmentation (one random resized crop and flip per clip)
     crop_size: int = 224
-    batch_size: int = 24  # per rank
+    crop_scale: tuple[float, float] = (0.3, 1.0)  # crop area as a fraction of the frame
+    crop_aspect: tuple[float, float] = (0.75, 1.35)  # crop width / height
+    hflip: float = 0.5  # probability of a horizontal flip
+    # loader
+    batch_size: int = 24  # clips per rank (num_clips clips per video)
     num_workers: int = 2
+    decoder: str = "auto"  # auto (decord, else PyAV) | decord | pyav
+    decode_timeout_s: float = 30.0  # bound on one video's decode; 0 disables the bound
+    shuffle: bool = True  # seeded shard order and shuffle buffer; False reads in source order
+    shuffle_buffer: int = 256  # samples mixed by the shuffle buffer (per rank); 0 or 1 disables it
+    resampled: bool = False  # infinite stream for pretraining: epochs follow each other, each reshuffled
+    drop_last: bool = True  # drop the epoch's remainder; False pads the last batch by wrapping around
+    # bad data
+    max_skip_fraction: float = 0.05  # error when more than this fraction of samples fails to load ...
+    skip_check_min_samples: int = 100  # ... once at least this many samples were tried
+
+    def validate(self, prefix: str = "data") -> None:
+        """Checks every field; a ValueError names the offending key (`prefix.field`)."""
+        _check(self.dataset in DATASETS, f"{prefix}.dataset", f"must be one of {DATASETS}, got {self.dataset!r}")
+        if self.dataset == "files":
+            _check(len(self.sources) >= 1, f"{prefix}.sources", "dataset 'files' needs at least one source")
+        for i, source in enumerate(self.sources):
+            source.validate(f"{prefix}.sources.{i}")
+        for key in ("frames_per_clip", "frame_step", "num_clips", "crop_size", "batch_size"):
+            _check(getattr(self, key) >= 1, f"{prefix}.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _check(self.fps is None or self.fps > 0, f"{prefix}.fps", f"must be > 0 or null, got {self.fps}")
+        _check(
+            self.batch_size % self.num_clips == 0,
+            f"{prefix}.batch_size",
+            f"{self.batch_size} is not divisible by {prefix}.num_clips={self.num_clips}",
+        )
+        _check_range(self.crop_scale, f"{prefix}.crop_scale", 0.0, 1.0)
+        _check_range(self.crop_aspect, f"{prefix}.crop_aspect", 0.0, float("inf"))
+        _check(0.0 <= self.hflip <= 1.0, f"{prefix}.hflip", f"must be in [0, 1], got {self.hflip}")
+        _check(self.num_workers >= 0, f"{prefix}.num_workers", f"must be >= 0, got {self.num_workers}")
+        _check(self.decoder in DECODERS, f"{prefix}.decoder", f"must be one of {DECODERS}, got {self.decoder!r}")
+        _check(self.decode_timeout_s >= 0, f"{prefix}.decode_timeout_s", "must be >= 0 (0 disables it)")
+        _check(self.shuffle_buffer >= 0, f"{prefix}.shuffle_buffer", "must be >= 0")
+        _check(
+            0.0 <= self.max_skip_fraction <= 1.0,
+            f"{prefix}.max_skip_fraction",
+            f"must be in [0, 1], got {self.max_skip_fraction}",
+        )
+        _check(self.skip_check_min_samples >= 0, f"{prefix}.skip_check_min_samples", "must be >= 0")

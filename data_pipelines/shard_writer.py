@@ -143,7 +143,7 @@ class ShardWriter:
 
 
 def _read_csv(csv_path: Path) -> list[tuple[Path, int]]:
-    """`path label` lines, space-separated, no header; the label is the last token so paths may hold spaces."""
+    """`path label` lines, space-separated, no header; label = last token (paths may contain spaces)."""
     items = []
     for lineno, line in enumerate(csv_path.read_text().splitlines(), start=1):
         line = line.strip()

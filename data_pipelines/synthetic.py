@@ -5,10 +5,15 @@ Shape legend: T frames, H = W = size pixels; videos are [T, H, W, 3] uint8 RGB.
 Every class draws its first frame from the same distribution: the target object's shape, two-tone colours,
 size, orientation and position (uniform over the frame) do not depend on the label. The label only decides
 how the object moves afterwards. Positions wrap around the frame edges (a torus), so an object can start
-anywhere and still travel far: at size 64 a translating object moves 24-48 px (1.5-3 patches of 16 px),
-a rotating one turns 180-300 degrees (its tips sweep 20+ px), a growing/shrinking one changes its size
-2-2.5x. All distances scale with `size`. Distractors (1-3 small blobs wandering at random) and a textured,
-slowly drifting background make single pixels and frame differences less trivial.
+anywhere and still travel far. At size 64 (all distances scale with `size`):
+
+- move_right/left/down/up: 24-48 px over the clip (1.5-3 patches of 16 px);
+- right_then_back, up_then_back: out 24-36 px by mid-clip, then back;
+- rotate_cw/ccw: 180-300 degrees (the object's tips sweep 20+ px);
+- grow/shrink: size x2-2.5 or /2-2.5.
+
+Every class also drifts up to 4 px and turns up to 15 degrees. Distractors (1-3 small blobs wandering at
+random) and a textured, slowly drifting background make single pixels and frame differences less trivial.
 """
 
 from __future__ import annotations
@@ -84,7 +89,7 @@ def object_trajectory(label: int, *, frames: int, size: int, rng: np.random.Gene
         offset = offset + t * rng.uniform(24.0, 48.0) * s * np.array(_DIRECTION[name])
     elif name in ("right_then_back", "up_then_back"):
         out_and_back = 1.0 - np.abs(2.0 * t - 1.0)  # 0 -> 1 at mid-clip -> 0
-        offset = offset + out_and_back * rng.uniform(20.0, 32.0) * s * np.array(_DIRECTION[name])
+        offset = offset + out_and_back * rng.uniform(24.0, 36.0) * s * np.array(_DIRECTION[name])
     elif name in ("rotate_cw", "rotate_ccw"):
         spin = rng.uniform(np.pi, 5 * np.pi / 3) * (1.0 if name == "rotate_cw" else -1.0)
     elif name == "grow":
@@ -115,23 +120,23 @@ def _object_layers(
     traj: Trajectory, kind: str, a: float, b: float, size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Coverage alpha [T, H, W] and front-half mask [T, H, W] (u > 0) of a posed shape."""
-    grid = np.arange(size, dtype=np.float32) + 0.5
-    dy = _wrapped(grid[None, :, None], traj.center[:, 0, None, None], size)  # [T, H, 1]
-    dx = _wrapped(grid[None, None, :], traj.center[:, 1, None, None], size)  # [T, 1, W]
-    cos, sin = np.cos(traj.angle)[:, None, None], np.sin(traj.angle)[:, None, None]
-    scale = traj.scale[:, None, None]
-    u = (cos * dx + sin * dy) / scale  # [T, H, W] object-frame coordinates
-    v = (cos * dy - sin * dx) / scale
-    sdf = _shape_sdf(kind, u, v, a, b) * scale
-    return np.clip(0.5 - sdf, 0.0, 1.0).astype(np.float32), u > 0
+    f32 = np.float32
+    grid = np.arange(size, dtype=f32) + f32(0.5)
+    dy = _wrapped(grid[None, :, None], traj.center[:, 0, None, None].astype(f32), size)  # [T, H, 1]
+    dx = _wrapped(grid[None, None, :], traj.center[:, 1, None, None].astype(f32), size)  # [T, 1, W]
+    cos = np.cos(traj.angle).astype(f32)[:, None, None]
+    sin = np.sin(traj.angle).astype(f32)[:, None, None]
+    inv_scale = (1.0 / traj.scale).astype(f32)[:, None, None]
+    u = (cos * dx + sin * dy) * inv_scale  # [T, H, W] object-frame coordinates
+    v = (cos * dy - sin * dx) * inv_scale
+    sdf = _shape_sdf(kind, u, v, float(a), float(b)) / inv_scale
+    return np.clip(f32(0.5) - sdf, f32(0.0), f32(1.0)), u > 0
 
 
 def _background(frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Noise, stripes or a gradient between two muted colours, drifting slowly: [T, H, W, 3] float32."""
-    grid = np.arange(size, dtype=np.float32)
-    drift = rng.uniform(-6.0, 6.0, 2) * size / 64.0 * np.linspace(0, 1, frames)[:, None]  # [T, 2] px
-    y = grid[None, :, None] - drift[:, 0, None, None]  # [T, H, 1]
-    x = grid[None, None, :] - drift[:, 1, None, None]  # [T, 1, W]
+    """Noise, stripes or a gradient between two muted colours, drifting slowly: [3, T, H, W] float32."""
+    grid = np.arange(size, dtype=np.float64)
+    drift = rng.uniform(-6.0, 6.0, 2) * size / 64.0 * np.linspace(0, 1, frames)[:, None]  # [T, 2] (y, x) px
     kind = rng.integers(3)
     if kind == 0:  # smooth noise: a few random low-frequency waves
         count, low, high = 6, 0.5, 3.0
@@ -139,20 +144,30 @@ def _background(frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
         count, low, high = 1, 3.0, 8.0
     else:  # gradient with a faint ripple
         count, low, high = 1, 0.3, 0.5
-    value = np.zeros((frames, size, size), np.float32)
-    for _ in range(count):
-        freq = rng.uniform(low, high) * 2 * np.pi / size
-        theta = rng.uniform(0, 2 * np.pi)
-        value += np.sin(freq * (np.cos(theta) * x + np.sin(theta) * y) + rng.uniform(0, 2 * np.pi))
+    freq = rng.uniform(low, high, count) * 2 * np.pi / size  # [K] radians per px
+    theta = rng.uniform(0, 2 * np.pi, count)
+    wave = freq[:, None] * np.stack([np.sin(theta), np.cos(theta)], axis=1)  # [K, 2] (ky, kx)
+    phase = (
+        wave[:, 0, None, None] * grid[:, None]
+        + wave[:, 1, None, None] * grid
+        + rng.uniform(0, 7, count)[:, None, None]
+    )
+    shift = -(drift[:, None, :] * wave).sum(-1)  # [T, K] phase change from the drift
+    # sin(A + B) = sin A cos B + cos A sin B: one [T, 2K] x [2K, H*W] product instead of T*K sines.
+    # einsum, not matmul: a multithreaded BLAS call this small costs more than it saves (and oversubscribes
+    # the pool's worker processes).
+    basis = np.concatenate([np.sin(phase), np.cos(phase)]).reshape(2 * count, -1).astype(np.float32)
+    weights = np.concatenate([np.cos(shift), np.sin(shift)], axis=1).astype(np.float32)  # [T, 2K]
+    value = np.einsum("tk,kn->tn", weights, basis).reshape(frames, size, size)
     value = (value - value.min()) / max(float(value.max() - value.min()), 1e-6)
-    c1 = rng.uniform(30, 220, 3).astype(np.float32)
-    c2 = c1 + 0.6 * (rng.uniform(30, 220, 3).astype(np.float32) - c1)
-    return c1 + value[..., None] * (c2 - c1)
+    c1 = rng.uniform(30, 220, (3, 1, 1, 1)).astype(np.float32)
+    c2 = c1 + np.float32(0.6) * (rng.uniform(30, 220, (3, 1, 1, 1)).astype(np.float32) - c1)
+    return c1 + value[None] * (c2 - c1)
 
 
 def _distractors(video: np.ndarray, size: int, rng: np.random.Generator) -> None:
     """Paint 1-3 small blobs that wander along smooth random paths (no consistent direction)."""
-    frames, s = video.shape[0], size / 64.0
+    frames, s = video.shape[1], size / 64.0  # video: [3, T, H, W] float32, painted in place
     for _ in range(int(rng.integers(1, 4))):
         knots = rng.normal(0.0, 5.0 * s, (4, 2))  # path through 4 random points, +-10 px
         t = np.linspace(0, 3, frames)
@@ -164,7 +179,7 @@ def _distractors(video: np.ndarray, size: int, rng: np.random.Generator) -> None
         )
         a = rng.uniform(2.5, 4.5) * s
         alpha, _ = _object_layers(traj, "ellipse", a, a * rng.uniform(0.6, 1.0), size)
-        video += alpha[..., None] * (rng.uniform(0, 255, 3).astype(np.float32) - video)
+        video += alpha[None] * (rng.uniform(0, 255, (3, 1, 1, 1)).astype(np.float32) - video)
 
 
 @dataclass
@@ -179,17 +194,20 @@ def render_scene(label: int, *, frames: int, size: int, rng: np.random.Generator
     if frames < 1 or size < 8:
         raise ValueError(f"need frames >= 1 and size >= 8, got frames={frames} size={size}")
     traj = object_trajectory(label, frames=frames, size=size, rng=rng)
-    video = _background(frames, size, rng)
+    video = _background(frames, size, rng)  # [3, T, H, W]: channel-first keeps numpy's inner loops long
     _distractors(video, size, rng)
     kind = _SHAPES[int(rng.integers(len(_SHAPES)))]
     a = rng.uniform(7.0, 12.0) * size / 64.0
     b = a * rng.uniform(0.45, 0.75)
-    front = rng.uniform(0, 255, 3).astype(np.float32)
+    front = rng.uniform(0, 255, (3, 1, 1, 1)).astype(np.float32)
     back = 255.0 - front  # complementary halves make the orientation (and rotation) visible
     alpha, front_half = _object_layers(traj, kind, a, b, size)
-    colour = np.where(front_half[..., None], front, back)
-    video += alpha[..., None] * (colour - video)
-    return Scene(video=np.clip(video + 0.5, 0, 255).astype(np.uint8), target_alpha=alpha, trajectory=traj)
+    colour = np.where(front_half[None], front, back)  # [3, T, H, W]
+    video += alpha[None] * (colour - video)
+    video_u8 = np.clip(video + 0.5, 0, 255).astype(np.uint8)  # [3, T, H, W]
+    return Scene(
+        video=np.ascontiguousarray(video_u8.transpose(1, 2, 3, 0)), target_alpha=alpha, trajectory=traj
+    )
 
 
 def render_video(label: int, *, frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -255,7 +273,7 @@ def write_synthetic_dataset(
         "train": _split_jobs("train", 0, videos, **common),
         "val": _split_jobs("val", 1, val_videos, **common),
     }
-    summary: dict = {"out": str(out), "classes": CLASS_NAMES[:classes], **common}
+    summary: dict = {"out": str(out), **common, "class_names": CLASS_NAMES[:classes]}
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else contextlib.nullcontext()
     with pool:  # a real pool is terminated on exit, also when a worker raised
         for split, jobs in splits.items():

@@ -58,6 +58,9 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/default"
     max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
+    # Start a new phase (e.g. the V-JEPA 2 cooldown with longer clips) from the weights of a model file:
+    # a checkpoint's model.pt or a `vjepa export` file. Ignored when the run folder has a checkpoint.
+    init_from: str | None = None
 
 
 @dataclass

@@ -1,11 +1,12 @@
 """3D block masks: one block size per batch, block positions per sample, union built by broadcasting.
 
 Shape legend: B batch, K blocks per sample, Tp/Hp/Wp token grid (time, height, width),
-L = Tp + Hp + Wp (the three axes' coordinates laid end to end).
+S start positions of a block along one axis.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -13,8 +14,6 @@ import torch
 # Rounds of re-drawing the positions of samples whose blocks leave no free token; each round re-draws
 # only the failing samples, so the cost stays near one draw unless the spec is close to impossible.
 MAX_ATTEMPTS = 50
-# Uniform integers in [0, span) as (uniform int in [0, 2**40)) % span: the modulo bias is < span / 2**40.
-_RAND_RANGE = 1 << 40
 
 
 def draw_block_size(
@@ -43,6 +42,14 @@ def draw_block_size(
     return t, h, w
 
 
+@functools.lru_cache(maxsize=256)
+def _placements(length: int, extent: int) -> torch.Tensor:
+    """Row s is the indicator of [s, s + extent) on an axis of `length`: [length - extent + 1, length]."""
+    start_s1 = torch.arange(length - extent + 1).unsqueeze(1)
+    coord_l = torch.arange(length)
+    return ((coord_l >= start_s1) & (coord_l < start_s1 + extent)).to(torch.float32)
+
+
 def place_blocks(
     size: tuple[int, int, int],
     *,
@@ -51,19 +58,19 @@ def place_blocks(
     num_blocks: int,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """Union of `num_blocks` blocks of `size` at uniform positions per sample: [B, Tp, Hp, Wp] bool."""
+    """How many of `num_blocks` blocks of `size`, at uniform positions per sample, cover each token.
+
+    Returns [B, Tp, Hp, Wp] float32 counts (exact small integers); > 0 is the union of the blocks.
+    """
     tp, hp, wp = grid
-    span = torch.tensor([g - s + 1 for g, s in zip(grid, size)])  # [3] number of start positions per axis
-    start_bk3 = torch.randint(0, _RAND_RANGE, (batch_size, num_blocks, 3), generator=generator) % span
-    axis = torch.repeat_interleave(torch.arange(3), torch.tensor(grid))  # [L] which axis a coordinate is on
-    coord = torch.cat([torch.arange(g) for g in grid])  # [L]
-    offset_bkl = coord - start_bk3[..., axis]  # [B, K, L] coordinate relative to the block start
-    inside_bkl = ((offset_bkl >= 0) & (offset_bkl < torch.tensor(size)[axis])).to(torch.float32)
-    in_t, in_h, in_w = inside_bkl.split(list(grid), dim=2)  # [B, K, Tp], [B, K, Hp], [B, K, Wp]
+    inside = []  # per axis [B*K, length] float 0/1: the axis coordinates inside each block
+    for length, extent in zip(grid, size):
+        start = torch.randint(0, length - extent + 1, (batch_size * num_blocks,), generator=generator)
+        inside.append(_placements(length, extent).index_select(0, start))
+    in_t, in_h, in_w = (x.view(batch_size, num_blocks, -1) for x in inside)  # [B, K, Tp|Hp|Wp]
     th_bkn = (in_t.unsqueeze(3) * in_h.unsqueeze(2)).view(batch_size, num_blocks, tp * hp)
-    # Contracting over K counts, per token, how many blocks cover it (exact in float32).
-    count_bnw = torch.bmm(th_bkn.transpose(1, 2), in_w)  # [B, Tp*Hp, Wp]
-    return (count_bnw > 0).view(batch_size, tp, hp, wp)
+    count_bnw = torch.bmm(th_bkn.transpose(1, 2), in_w)  # [B, Tp*Hp, Wp], contracted over the K blocks
+    return count_bnw.view(batch_size, tp, hp, wp)
 
 
 def draw_block_union(
@@ -87,14 +94,14 @@ def draw_block_union(
             f"mask block size (t, h, w)={size} covers the whole token grid {grid}: the context would be "
             "empty; lower spatial_scale / temporal_scale"
         )
-    hidden = place_blocks(size, grid=grid, batch_size=batch_size, num_blocks=num_blocks, generator=generator)
+    count = place_blocks(size, grid=grid, batch_size=batch_size, num_blocks=num_blocks, generator=generator)
     for attempt in range(MAX_ATTEMPTS):
-        bad_b = hidden[:, :free_steps].reshape(batch_size, -1).all(1)  # [B] samples with no free token
+        bad_b = count[:, :free_steps].reshape(batch_size, -1).amin(1) > 0  # [B] samples with no free token
         n_bad = int(bad_b.sum())
         if n_bad == 0:
-            return hidden
+            return count > 0
         if attempt + 1 < MAX_ATTEMPTS:
-            hidden[bad_b] = place_blocks(
+            count[bad_b] = place_blocks(
                 size, grid=grid, batch_size=n_bad, num_blocks=num_blocks, generator=generator
             )
     raise ValueError(

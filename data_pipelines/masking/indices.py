@@ -18,7 +18,7 @@ def mask_to_indices(mask_bn: torch.Tensor) -> IndexSet:
     """[B, N] bool -> the selected tokens of each row as a padded index set."""
     b, n = mask_bn.shape
     rank_bn = mask_bn.cumsum(1, dtype=torch.int32)  # 1-based slot of each selected token
-    length_b1 = rank_bn[:, -1:]
+    length_b1 = rank_bn[:, -1:].long()
     k_max = int(length_b1.max())
     slot_bn = (rank_bn * mask_bn).long()  # unselected tokens go to the dropped column 0
     out = torch.zeros(b, k_max + 1, dtype=torch.int64)
@@ -33,7 +33,7 @@ def split_indices(target_bn: torch.Tensor) -> tuple[IndexSet, IndexSet]:
     """
     b, n = target_bn.shape
     rank_t_bn = target_bn.cumsum(1, dtype=torch.int32)  # targets up to and including each token
-    length_t_b1 = rank_t_bn[:, -1:]
+    length_t_b1 = rank_t_bn[:, -1:].long()
     kt = int(length_t_b1.max())
     kc = n - int(length_t_b1.min())
     # Context tokens up to and including token j number j + 1 - rank_t; shifted past the target slots.

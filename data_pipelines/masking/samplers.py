@@ -49,7 +49,8 @@ def sample_multiblock(
         generator=generator,
         free_steps=keep_t,
     )  # [B, Tp, Hp, Wp]
-    hidden[:, keep_t:] = True
+    if keep_t < tp:
+        hidden[:, keep_t:] = True
     return None, hidden.view(batch_size, -1)
 
 

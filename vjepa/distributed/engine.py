@@ -80,12 +80,27 @@ class SingleEngine:
         if rank == 0:
             atomic_torch_save(self.state(), folder / "model.pt")
 
+    def load_weights(self, state: dict) -> None:
+        """Encoder, predictor and target weights from a model file (a new phase: the optimizer starts
+        fresh). Fixed position tables are rebuilt for this run's clip size, so the saved ones are dropped."""
+        for module, key in ((self.module.encoder, "encoder"), (self.module.predictor, "predictor"),
+                            (self.target, "target_encoder")):
+            load_without_positions(module, state[key], key)
+
     def load(self, folder: Path) -> None:
         state = torch.load(folder / "model.pt", map_location=self.device, weights_only=False)
         self.module.encoder.load_state_dict(state["encoder"])
         self.module.predictor.load_state_dict(state["predictor"])
         self.target.load_state_dict(state["target_encoder"])
         self.optimizer.load_state_dict(state["opt"])
+
+
+def load_without_positions(module: nn.Module, state: dict, name: str) -> None:
+    state = {k: v for k, v in state.items() if not k.endswith("pos_embed")}
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("pos_embed")]
+    if missing or unexpected:
+        raise ValueError(f"train.init_from: '{name}' weights do not fit: missing {missing}, unexpected {unexpected}")
 
 
 def build_engine(cfg: Config, model: JepaModel, device: torch.device, env) -> SingleEngine:

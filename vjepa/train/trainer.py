@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from data_pipelines.batch import VideoBatch
-from vjepa.config import Config, save_config, to_dict
+from vjepa.config import Config, save_config
 from vjepa.distributed.env import DistEnv, read_env
 from vjepa.models.builder import build_encoder, build_predictor, token_grid
 from vjepa.models.jepa import JepaModel
@@ -132,6 +132,12 @@ def train(cfg: Config) -> dict:
     if latest is not None:
         start = restore(engine, data, latest, env.rank)
         log.info("resumed from %s at step %d", latest, start)
+    elif cfg.train.init_from:
+        init = Path(cfg.train.init_from)
+        if not init.is_file():
+            raise ValueError(f"train.init_from: no such model file {init}")
+        engine.load_weights(torch.load(init, map_location=device, weights_only=False))
+        log.info("initialised weights from %s", init)
 
     def save(step: int) -> None:
         def write(folder: Path) -> None:
@@ -159,11 +165,6 @@ def train(cfg: Config) -> dict:
                 bad_in_a_row, skipped = bad_in_a_row + 1, skipped + 1
                 log.warning("step %d: non-finite loss or gradients; update skipped (%d in a row)", step,
                             bad_in_a_row)
-                if bad_in_a_row >= cfg.train.max_bad_steps:
-                    raise RuntimeError(
-                        f"{bad_in_a_row} consecutive non-finite steps (train.max_bad_steps="
-                        f"{cfg.train.max_bad_steps}); stopping. The last checkpoint in {ckpts.root} is intact."
-                    )
             losses.append(result.loss)
             values = values_at(step, cfg.optim, cfg.train.steps)
             clips = batch.clips.shape[0] * env.world_size
@@ -174,8 +175,14 @@ def train(cfg: Config) -> dict:
                 "clips_per_s": clips / max(t2 - t0, 1e-9), "data_wait": (t1 - t0) / max(t2 - t0, 1e-9),
                 "skipped_steps": skipped,
             })
+            if bad_in_a_row >= cfg.train.max_bad_steps:
+                raise RuntimeError(
+                    f"{bad_in_a_row} consecutive non-finite steps (train.max_bad_steps="
+                    f"{cfg.train.max_bad_steps}); stopping. The last checkpoint in {ckpts.root} is intact."
+                )
             done = step + 1
-            if done % cfg.checkpoint.every_steps == 0 or done == cfg.train.steps:
+            # No save in the middle of a non-finite streak: the last checkpoint stays the last good one.
+            if bad_in_a_row == 0 and (done % cfg.checkpoint.every_steps == 0 or done == cfg.train.steps):
                 save(done)
     finally:
         logger.close()

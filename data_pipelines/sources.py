@@ -1,0 +1,277 @@
+"""Where samples come from: tar shards, a CSV list or a folder of videos, enumerated into an index.
+
+Tar shards follow the webdataset layout: members grouped by key (the path up to the first dot of the base
+name), e.g. `KEY.mp4` + `KEY.json` (+ `KEY.cls`). Shards made by GNU `tar -cf` from a folder (`./KEY.mp4`,
+directory entries) read the same.
+
+Shards are indexed once, reading only the 512-byte member headers, into `Unit`s that record each member's
+byte offset and size. That gives the exact sample count up front (equal batch counts on every rank), and
+lets a reader fetch any sample with one seek: splitting at sample level and resuming mid-shard never read
+the members before it. The cost is that shards must be seekable files (local disk or a mounted file
+system), not pipes or URLs.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import re
+import tarfile
+from collections import OrderedDict
+from typing import BinaryIO
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_pipelines.bad_samples import BadSampleError
+from data_pipelines.config import SourceConfig
+from data_pipelines.shard_writer import VIDEO_EXTENSIONS, _read_csv, list_videos
+
+__all__ = ["Member", "RawSample", "SampleEntry", "SampleReader", "Source", "Unit", "load_sources"]
+
+log = logging.getLogger(__name__)
+
+_VIDEO_EXTS = {ext.lstrip(".") for ext in VIDEO_EXTENSIONS} | {"m4v", "mpg", "mpeg", "ogv"}
+_MEMBER_NAME = re.compile(r"^((?:.*/|)[^./][^.]*)\.([^/]+)$")  # webdataset's key.ext split
+_BRACE = re.compile(r"\{([^{}]*)\}")
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A tar member's data: `size` bytes starting at byte `offset` of the shard."""
+
+    offset: int
+    size: int
+
+
+@dataclass(slots=True)
+class SampleEntry:
+    """One sample of a unit; `video` is a tar member, a file path, or None (no video member found)."""
+
+    key: str  # "shard/key" for tar samples, the file path for CSV and folder samples
+    video: Member | str | None
+    label_member: Member | None = None  # KEY.cls or KEY.json in a tar
+    label_format: str = ""  # "cls" | "json" (the format of label_member)
+    label: int = -1  # known up front (CSV, class folders); -1 unknown
+    members: str = ""  # the member extensions seen, for the error when `video` is None
+
+
+@dataclass
+class Unit:
+    """A group of samples read together: one tar shard, or one video file."""
+
+    shard: str  # what bad-sample reports name: the tar path, or the CSV/folder source
+    tar: str | None  # the tar file holding the members; None for plain video files
+    samples: list[SampleEntry]
+
+
+@dataclass
+class Source:
+    path: str
+    weight: float
+    units: list[Unit]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(len(u.samples) for u in self.units)
+
+
+@dataclass
+class RawSample:
+    key: str
+    shard: str
+    data: bytes
+    label: int
+
+
+# ----------------------------------------------------------------------------- enumerating sources
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """`a-{000..002}.tar` -> three names (zero padding kept); `{x,y}` lists; several braces multiply."""
+    m = _BRACE.search(pattern)
+    if m is None:
+        return [pattern]
+    body = m.group(1)
+    span = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if span:
+        lo, hi, width = int(span.group(1)), int(span.group(2)), len(span.group(1))
+        items = [f"{i:0{width}d}" for i in range(lo, hi + 1)]
+    else:
+        items = body.split(",")
+    head, tail = pattern[: m.start()], pattern[m.end() :]
+    return [name for item in items for name in expand_braces(head + item + tail)]
+
+
+def shard_paths(path: str, key: str) -> list[str]:
+    """The tar files named by a folder, a glob or a brace pattern, in sorted order."""
+    if os.path.isdir(path):
+        found = sorted(glob.glob(os.path.join(glob.escape(path), "*.tar")))
+    else:
+        found = []
+        for name in expand_braces(path):
+            if _GLOB_CHARS & set(name):
+                found.extend(sorted(glob.glob(name)))
+            elif os.path.isfile(name):
+                found.append(name)
+            else:
+                raise ValueError(f"{key}: shard {name!r} does not exist")
+    if not found:
+        raise ValueError(f"{key}: no .tar shards found at {path!r}")
+    return found
+
+
+def _resolve_kind(cfg: SourceConfig) -> str:
+    if cfg.kind != "auto":
+        return cfg.kind
+    path = cfg.path
+    if "{" in path or _GLOB_CHARS & set(path) or path.endswith(".tar"):
+        return "shards"
+    if os.path.isdir(path):
+        return "shards" if glob.glob(os.path.join(glob.escape(path), "*.tar")) else "folder"
+    return "csv"
+
+
+def _split_name(name: str) -> tuple[str, str] | None:
+    while name.startswith("./"):
+        name = name[2:]
+    m = _MEMBER_NAME.match(name)
+    return (m.group(1), m.group(2).lower()) if m else None
+
+
+def _entry_from_members(shard_name: str, key: str, members: dict[str, Member]) -> SampleEntry:
+    videos = [ext for ext in members if ext.rsplit(".", 1)[-1] in _VIDEO_EXTS]
+    entry = SampleEntry(
+        key=f"{shard_name}/{key}",
+        video=members[videos[0]] if videos else None,
+        members=",".join(sorted(members)),
+    )
+    for fmt in ("cls", "json"):
+        if fmt in members:
+            entry.label_member, entry.label_format = members[fmt], fmt
+            break
+    return entry
+
+
+def index_tar(path: str, key: str) -> Unit:
+    """Reads a shard's member headers (not their data) and groups consecutive members by sample key."""
+    shard_name = Path(path).name.removesuffix(".tar")
+    size = os.path.getsize(path)
+    entries: list[SampleEntry] = []
+    current: tuple[str, dict[str, Member]] | None = None
+    try:
+        tar = tarfile.open(path, mode="r:")
+    except (tarfile.TarError, OSError) as err:
+        raise ValueError(f"{key}: cannot read shard {path!r} as an uncompressed tar: {err}") from err
+    with tar:
+        try:
+            for info in tar:
+                split = _split_name(info.name) if info.isfile() else None
+                if split is None:
+                    continue
+                sample_key, ext = split
+                if current is None or current[0] != sample_key:
+                    if current is not None:
+                        entries.append(_entry_from_members(shard_name, *current))
+                    current = (sample_key, {})
+                if info.offset_data + info.size <= size:  # a cut-off member stays out (counted when read)
+                    current[1][ext] = Member(info.offset_data, info.size)
+        except tarfile.TarError as err:
+            log.warning("shard %s is damaged after %d samples (%s); reading those", path, len(entries), err)
+    if current is not None:
+        entries.append(_entry_from_members(shard_name, *current))
+    return Unit(shard=path, tar=path, samples=entries)
+
+
+def _file_units(items: list[tuple[Path, int]], shard: str, root: Path | None) -> list[Unit]:
+    units = []
+    for path, label in items:
+        key = str(path.relative_to(root)) if root is not None else str(path)
+        units.append(Unit(shard=shard, tar=None, samples=[SampleEntry(key=key, video=str(path), label=label)]))
+    return units
+
+
+def load_source(cfg: SourceConfig, key: str) -> Source:
+    """Enumerates one source's units; errors name `key` (e.g. `data.sources.0`)."""
+    kind = _resolve_kind(cfg)
+    if kind == "shards":
+        units = [index_tar(p, f"{key}.path") for p in shard_paths(cfg.path, f"{key}.path")]
+    elif kind == "csv":
+        if not os.path.isfile(cfg.path):
+            raise ValueError(f"{key}.path: CSV list {cfg.path!r} does not exist")
+        units = _file_units(_read_csv(Path(cfg.path)), cfg.path, None)
+    else:
+        if not os.path.isdir(cfg.path):
+            raise ValueError(f"{key}.path: folder {cfg.path!r} does not exist")
+        items, _ = list_videos(cfg.path)
+        units = _file_units(items, cfg.path, Path(cfg.path))
+    source = Source(path=cfg.path, weight=cfg.weight, units=units)
+    if source.num_samples == 0:
+        raise ValueError(f"{key}.path: no samples found in {cfg.path!r} (kind {kind})")
+    return source
+
+
+def load_sources(configs: list[SourceConfig], prefix: str = "data.sources") -> list[Source]:
+    if not configs:
+        raise ValueError(f"{prefix}: at least one source is needed")
+    return [load_source(cfg, f"{prefix}.{i}") for i, cfg in enumerate(configs)]
+
+
+# ----------------------------------------------------------------------------- reading samples
+
+
+def _parse_label(data: bytes, fmt: str) -> int:
+    """The integer label of a KEY.cls / KEY.json member; -1 when it has none."""
+    try:
+        if fmt == "cls":
+            return int(data.decode().strip())
+        meta = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BadSampleError(f"unreadable {fmt} label member: {err}") from err
+    label = meta.get("label") if isinstance(meta, dict) else None
+    return label if isinstance(label, int) and not isinstance(label, bool) else -1
+
+
+class SampleReader:
+    """Reads samples' bytes, keeping a few shards open (one reader per worker process)."""
+
+    def __init__(self, max_open: int = 16) -> None:
+        self.max_open = max_open
+        self._files: OrderedDict[str, BinaryIO] = OrderedDict()
+
+    def _read(self, tar: str, member: Member) -> bytes:
+        f = self._files.pop(tar, None)
+        if f is None:
+            f = open(tar, "rb")  # kept open across samples; closed on eviction
+            while len(self._files) >= self.max_open:
+                self._files.popitem(last=False)[1].close()
+        self._files[tar] = f
+        f.seek(member.offset)
+        data = f.read(member.size)
+        if len(data) != member.size:
+            raise BadSampleError(f"member cut off: {len(data)} of {member.size} bytes")
+        return data
+
+    def read(self, unit: Unit, entry: SampleEntry) -> RawSample:
+        """The sample's video bytes and label; BadSampleError if they cannot be read."""
+        if entry.video is None:
+            raise BadSampleError(f"no video member (members: {entry.members or 'none'})")
+        try:
+            if isinstance(entry.video, str):
+                data = Path(entry.video).read_bytes()
+            else:
+                assert unit.tar is not None
+                data = self._read(unit.tar, entry.video)
+            label = entry.label
+            if entry.label_member is not None:
+                assert unit.tar is not None
+                label = _parse_label(self._read(unit.tar, entry.label_member), entry.label_format)
+        except OSError as err:
+            raise BadSampleError(f"cannot read: {err}") from err
+        return RawSample(key=entry.key, shard=unit.shard, data=data, label=label)
+
+    def close(self) -> None:
+        while self._files:
+            self._files.popitem()[1].close()

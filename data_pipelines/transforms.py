@@ -1,0 +1,88 @@
+"""Clip augmentation on uint8 tensors, and the normalisation the trainer applies on its device.
+
+Shape legend: T frames, C = 3 channels, H/W input pixels, S = crop_size output pixels, B batch.
+
+One random resized crop (area fraction and aspect ratio drawn once) and one flip decision per clip, so
+every frame of a clip sees the same geometry. Clips stay uint8 until `normalize`, which the training step
+runs on its device: 4x fewer bytes through the worker queues and the host-to-device copy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "augment_clip", "crop_box", "normalize"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _uniform(low: float, high: float, generator: torch.Generator) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+def crop_box(
+    height: int,
+    width: int,
+    *,
+    scale: tuple[float, float],
+    aspect: tuple[float, float],
+    generator: torch.Generator,
+    attempts: int = 10,
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a crop covering a `scale` fraction of the frame with width/height in `aspect`
+    (log-uniform); after `attempts` misses, the largest centred crop with the aspect clamped to the range."""
+    area = height * width
+    log_lo, log_hi = math.log(aspect[0]), math.log(aspect[1])
+    for _ in range(attempts):
+        target = area * _uniform(scale[0], scale[1], generator)
+        ratio = math.exp(_uniform(log_lo, log_hi, generator))
+        w = round(math.sqrt(target * ratio))
+        h = round(math.sqrt(target / ratio))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (), generator=generator))
+            return top, left, h, w
+    ratio = min(max(width / height, aspect[0]), aspect[1])
+    w, h = (width, round(width / ratio)) if width / height < ratio else (round(height * ratio), height)
+    h, w = max(1, min(h, height)), max(1, min(w, width))
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def augment_clip(
+    frames: np.ndarray | torch.Tensor,
+    *,
+    size: int,
+    scale: tuple[float, float],
+    aspect: tuple[float, float],
+    hflip: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Frames [T, H, W, 3] uint8 -> clip [3, T, S, S] uint8: one random resized crop and flip for all frames."""
+    video = torch.as_tensor(frames)
+    if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != torch.uint8:
+        raise ValueError(f"frames must be [T, H, W, 3] uint8, got {tuple(video.shape)} {video.dtype}")
+    _, height, width, _ = video.shape
+    top, left, h, w = crop_box(height, width, scale=scale, aspect=aspect, generator=generator)
+    flip = float(torch.rand((), generator=generator)) < hflip
+    video_tchw = video.permute(0, 3, 1, 2)  # [T, 3, H, W] view
+    crop_tchw = TF.resized_crop(
+        video_tchw, top, left, h, w, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True
+    )  # [T, 3, S, S] uint8
+    if flip:
+        crop_tchw = crop_tchw.flip(-1)
+    return crop_tchw.permute(1, 0, 2, 3).contiguous()  # [3, T, S, S]
+
+
+def normalize(clips: torch.Tensor) -> torch.Tensor:
+    """uint8 clips [..., 3, T, H, W] (e.g. [B, 3, T, H, W]) -> float32 with ImageNet mean/std, same device."""
+    if clips.dtype != torch.uint8 or clips.ndim < 4 or clips.shape[-4] != 3:
+        raise ValueError(f"clips must be uint8 [..., 3, T, H, W], got {tuple(clips.shape)} {clips.dtype}")
+    mean = torch.tensor(IMAGENET_MEAN, device=clips.device).view(3, 1, 1, 1) * 255.0
+    inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=clips.device).view(3, 1, 1, 1) * 255.0)
+    return (clips.float() - mean) * inv_std

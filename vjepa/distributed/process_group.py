@@ -1,0 +1,83 @@
+"""Starting and stopping the default process group from a DistEnv.
+
+`dist.backend=ddp|deepspeed` always runs in a process group (one of size 1 when launched alone, so the same
+code path runs everywhere): NCCL on CUDA devices, gloo on CPU. A failed start raises; it never falls back to
+one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from vjepa.distributed.env import DistEnv
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+
+
+def backend_for(device: torch.device) -> str:
+    """The collective backend for tensors on `device`."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def export_torchrun_env(env: DistEnv) -> None:
+    """Writes torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, ...) from `env` where they are missing.
+
+    DeepSpeed and `init_method="env://"` read torchrun's variables only; under a bare `srun` they come from
+    SLURM's, so they are mapped here (at run time, never at import)."""
+    values = {
+        "RANK": env.rank, "WORLD_SIZE": env.world_size, "LOCAL_RANK": env.local_rank,
+        "LOCAL_WORLD_SIZE": env.local_world_size, "MASTER_ADDR": env.master_addr, "MASTER_PORT": env.master_port,
+    }
+    for key, value in values.items():
+        os.environ.setdefault(key, str(value))
+
+
+def start_process_group(env: DistEnv, device: torch.device, *, timeout: timedelta = DEFAULT_TIMEOUT) -> bool:
+    """Initialises the default process group for `env` on `device`'s backend.
+
+    Returns True if this call created the group (the caller then owns its teardown), False if a matching
+    group already existed. Raises RuntimeError when the start fails or an existing group disagrees with `env`.
+    """
+    backend = backend_for(device)
+    if dist.is_initialized():
+        if dist.get_world_size() != env.world_size or dist.get_rank() != env.rank:
+            raise RuntimeError(
+                f"a process group already exists with rank {dist.get_rank()} of {dist.get_world_size()}, but the "
+                f"launcher ({env.source}) says rank {env.rank} of {env.world_size}"
+            )
+        return False
+    export_torchrun_env(env)
+    try:
+        if env.world_size == 1:  # launched alone: a private in-memory store, no port to collide on
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+        else:
+            dist.init_process_group(
+                backend, init_method="env://", rank=env.rank, world_size=env.world_size, timeout=timeout
+            )
+    except Exception as err:  # re-raised with the launch facts that usually explain it
+        raise RuntimeError(
+            f"could not start the {backend} process group (rank {env.rank} of {env.world_size}, master "
+            f"{env.master_addr}:{env.master_port}, from {env.source}): {err}"
+        ) from err
+    log.info("process group started: %s, rank %d of %d (%s)", backend, env.rank, env.world_size, env.source)
+    return True
+
+
+def stop_process_group() -> None:
+    """Destroys the default process group if there is one (safe to call twice)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_true(flag: bool, device: torch.device) -> bool:
+    """True only if `flag` holds on every rank of the default group (one small all_reduce)."""
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
