@@ -36,7 +36,9 @@ class SourceConfig:
 
     def validate(self, prefix: str = "source") -> None:
         _check(bool(self.path), f"{prefix}.path", "must name a shard folder/pattern, a CSV file or a folder")
-        _check(self.kind in SOURCE_KINDS, f"{prefix}.kind", f"must be one of {SOURCE_KINDS}, got {self.kind!r}")
+        _check(
+            self.kind in SOURCE_KINDS, f"{prefix}.kind", f"must be one of {SOURCE_KINDS}, got {self.kind!r}"
+        )
         _check(self.weight > 0, f"{prefix}.weight", f"must be > 0, got {self.weight}")
 
 
@@ -70,7 +72,9 @@ class DataConfig:
 
     def validate(self, prefix: str = "data") -> None:
         """Checks every field; a ValueError names the offending key (`prefix.field`)."""
-        _check(self.dataset in DATASETS, f"{prefix}.dataset", f"must be one of {DATASETS}, got {self.dataset!r}")
+        _check(
+            self.dataset in DATASETS, f"{prefix}.dataset", f"must be one of {DATASETS}, got {self.dataset!r}"
+        )
         if self.dataset == "files":
             _check(len(self.sources) >= 1, f"{prefix}.sources", "dataset 'files' needs at least one source")
         for i, source in enumerate(self.sources):
@@ -87,7 +91,9 @@ class DataConfig:
         _check_range(self.crop_aspect, f"{prefix}.crop_aspect", 0.0, float("inf"))
         _check(0.0 <= self.hflip <= 1.0, f"{prefix}.hflip", f"must be in [0, 1], got {self.hflip}")
         _check(self.num_workers >= 0, f"{prefix}.num_workers", f"must be >= 0, got {self.num_workers}")
-        _check(self.decoder in DECODERS, f"{prefix}.decoder", f"must be one of {DECODERS}, got {self.decoder!r}")
+        _check(
+            self.decoder in DECODERS, f"{prefix}.decoder", f"must be one of {DECODERS}, got {self.decoder!r}"
+        )
         _check(self.decode_timeout_s >= 0, f"{prefix}.decode_timeout_s", "must be >= 0 (0 disables it)")
         _check(self.shuffle_buffer >= 0, f"{prefix}.shuffle_buffer", "must be >= 0")
         _check(

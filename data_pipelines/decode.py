@@ -69,10 +69,13 @@ def decode_decord(data: bytes, pick: IndexPicker) -> np.ndarray:
     """[K, H, W, 3] uint8 frames at the picked indices, decoded by decord from the bytes."""
     import decord
 
+    # decord reports bad input as DECORDError, or RuntimeError (no handle), AssertionError (no frames),
+    # IndexError (frame count overstated) from its Python wrapper
+    failures = (decord.DECORDError, RuntimeError, AssertionError, IndexError)
     try:
         reader = decord.VideoReader(io.BytesIO(data), num_threads=1)
         num_frames, fps = len(reader), float(reader.get_avg_fps())
-    except decord.DECORDError as err:
+    except failures as err:
         raise BadSampleError(f"decord cannot open the video: {str(err).splitlines()[0]}") from err
     if num_frames < 1:
         raise BadSampleError("video has no frames")
@@ -81,9 +84,25 @@ def decode_decord(data: bytes, pick: IndexPicker) -> np.ndarray:
     try:
         frames = reader.get_batch(unique.tolist()).asnumpy()
         reader.seek(0)  # works around decord's memory growth after get_batch
-    except decord.DECORDError as err:
-        raise BadSampleError(f"decord failed to decode frames: {str(err).splitlines()[0]}") from err
+    except failures as err:
+        message = str(err).splitlines()[0]
+        if "DECORDArrayCopyFromTo" in message:  # decord bug on some frame widths (16, 24, 48, 72, ...)
+            raise DecordLayoutError(f"decord cannot copy frames of this size: {message}") from err
+        raise BadSampleError(f"decord failed to decode frames: {message}") from err
     return frames[inverse]
+
+
+class DecordLayoutError(BadSampleError):
+    """decord opened the video but cannot hand out its frames (a padded-row copy bug for some widths)."""
+
+
+def decode_decord_or_pyav(data: bytes, pick: IndexPicker) -> np.ndarray:
+    """decord, and PyAV for the videos whose frame size decord cannot copy out (logged)."""
+    try:
+        return decode_decord(data, pick)
+    except DecordLayoutError as err:
+        log.info("%s; decoding this video with PyAV", err)
+        return decode_pyav(data, pick)
 
 
 def _pyav_frame_count(stream: VideoStream, container: InputContainer) -> int:
@@ -161,7 +180,7 @@ def _call_with_timeout(fn: Callable[[], np.ndarray], timeout_s: float) -> tuple[
 
 
 _BACKENDS: dict[str, Callable[[bytes, IndexPicker], np.ndarray]] = {
-    "decord": decode_decord,
+    "decord": decode_decord_or_pyav,
     "pyav": decode_pyav,
 }
 

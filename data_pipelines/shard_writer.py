@@ -40,15 +40,29 @@ def safe_key(index: int, stem: str, *, max_stem: int = 60) -> str:
 
 
 class ShardWriter:
-    """Writes samples into `DIR/PREFIX-000000.tar`, `DIR/PREFIX-000001.tar`, ... with `shard_size` each."""
+    """Writes samples into `DIR/PREFIX-000000.tar`, `DIR/PREFIX-000001.tar`, ... with `shard_size` each.
 
-    def __init__(self, out_dir: str | Path, *, shard_size: int = 256, prefix: str = "shard") -> None:
+    Shards already in DIR with the same prefix are an error (a reader would mix old and new samples)
+    unless `overwrite`, which deletes them first.
+    """
+
+    def __init__(
+        self, out_dir: str | Path, *, shard_size: int = 256, prefix: str = "shard", overwrite: bool = False
+    ) -> None:
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         if not _KEY_OK.match(prefix):
             raise ValueError(f"prefix must match [A-Za-z0-9_-]+, got {prefix!r}")
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        old = sorted(self.out_dir.glob(f"{prefix}-*.tar")) + sorted(self.out_dir.glob(f"{prefix}-*.tar.tmp"))
+        if old and not overwrite:
+            raise ValueError(
+                f"{self.out_dir} already holds {len(old)} '{prefix}-*.tar' shards; use another folder"
+            )
+        for path in old:
+            log.info("removing old shard %s", path)
+            path.unlink()
         self.shard_size = shard_size
         self.prefix = prefix
         self.shards: list[Path] = []
@@ -177,17 +191,17 @@ def list_videos(folder: str | Path) -> tuple[list[tuple[Path, int]], list[str]]:
     return [(p, -1) for p in paths], []
 
 
-def _prepare(job: tuple[int, str, int, bool, int, int | None]) -> tuple[int, bytes | None, dict | str]:
+def _prepare(job: tuple[int, str, bool, int, int | None, int]) -> tuple[int, bytes | None, dict | str]:
     """Worker: read, validate (one full decode) and optionally re-encode one video.
 
     Returns (index, bytes, probe) or (index, None, reason).
     """
-    index, path, _label, reencode, gop, short_side = job
+    index, path, reencode, gop, short_side, threads = job
     try:
         data = Path(path).read_bytes()
         if reencode:
             # the re-encode decodes every frame, so it is the validation; the probe reads the small output
-            data = reencode_video(data, gop=gop, short_side=short_side)
+            data = reencode_video(data, gop=gop, short_side=short_side, threads=threads)
         return index, data, probe_video(data)
     except (OSError, ValueError) as err:
         return index, None, f"{type(err).__name__}: {err}"
@@ -215,7 +229,8 @@ def pack_videos(
     """Pack a CSV list (`path label` lines) or a folder of videos into tar shards under `out`.
 
     Every video is decoded once; unreadable ones are skipped, logged with their path and reported in the
-    summary. Writes `out/summary.json` (and `out/classes.json` when a folder has class subfolders).
+    summary. Shards from an earlier run with the same prefix in `out` are replaced. Writes
+    `out/summary.json` (and `out/classes.json` when a folder has class subfolders).
     """
     start = time.perf_counter()
     src, out = Path(input), Path(out)
@@ -226,9 +241,10 @@ def pack_videos(
     else:
         raise ValueError(f"input {str(src)!r} is neither a CSV file nor a folder")
     ext_of = {i: (p.suffix.lower().lstrip(".") or "mp4") for i, (p, _) in enumerate(items)}
-    jobs = [(i, str(p), label, reencode, gop, short_side) for i, (p, label) in enumerate(items)]
+    threads = 1 if workers > 1 else 0  # parallel processes, not encoder threads, when there are several
+    jobs = [(i, str(p), reencode, gop, short_side, threads) for i, (p, _) in enumerate(items)]
     skipped: list[dict[str, str]] = []
-    with ShardWriter(out, shard_size=shard_size, prefix=prefix) as writer:
+    with ShardWriter(out, shard_size=shard_size, prefix=prefix, overwrite=True) as writer:
         for index, data, info in _results(jobs, workers):
             path, label = items[index]
             if data is None:

@@ -2,7 +2,7 @@
 
 Tar shards follow the webdataset layout: members grouped by key (the path up to the first dot of the base
 name), e.g. `KEY.mp4` + `KEY.json` (+ `KEY.cls`). Shards made by GNU `tar -cf` from a folder (`./KEY.mp4`,
-directory entries) read the same.
+directory entries, members in directory order rather than grouped) read the same.
 
 Shards are indexed once, reading only the 512-byte member headers, into `Unit`s that record each member's
 byte offset and size. That gives the exact sample count up front (equal batch counts on every rank), and
@@ -20,9 +20,9 @@ import os
 import re
 import tarfile
 from collections import OrderedDict
-from typing import BinaryIO
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from data_pipelines.bad_samples import BadSampleError
 from data_pipelines.config import SourceConfig
@@ -156,11 +156,14 @@ def _entry_from_members(shard_name: str, key: str, members: dict[str, Member]) -
 
 
 def index_tar(path: str, key: str) -> Unit:
-    """Reads a shard's member headers (not their data) and groups consecutive members by sample key."""
+    """Reads a shard's member headers (not their data) and groups members by sample key.
+
+    Members of one key need not be adjacent (GNU tar stores a folder in directory order, not sorted);
+    samples keep the order of their first member.
+    """
     shard_name = Path(path).name.removesuffix(".tar")
     size = os.path.getsize(path)
-    entries: list[SampleEntry] = []
-    current: tuple[str, dict[str, Member]] | None = None
+    groups: dict[str, dict[str, Member]] = {}
     try:
         tar = tarfile.open(path, mode="r:")
     except (tarfile.TarError, OSError) as err:
@@ -171,17 +174,12 @@ def index_tar(path: str, key: str) -> Unit:
                 split = _split_name(info.name) if info.isfile() else None
                 if split is None:
                     continue
-                sample_key, ext = split
-                if current is None or current[0] != sample_key:
-                    if current is not None:
-                        entries.append(_entry_from_members(shard_name, *current))
-                    current = (sample_key, {})
+                members = groups.setdefault(split[0], {})
                 if info.offset_data + info.size <= size:  # a cut-off member stays out (counted when read)
-                    current[1][ext] = Member(info.offset_data, info.size)
+                    members[split[1]] = Member(info.offset_data, info.size)
         except tarfile.TarError as err:
-            log.warning("shard %s is damaged after %d samples (%s); reading those", path, len(entries), err)
-    if current is not None:
-        entries.append(_entry_from_members(shard_name, *current))
+            log.warning("shard %s is damaged after %d samples (%s); reading those", path, len(groups), err)
+    entries = [_entry_from_members(shard_name, k, members) for k, members in groups.items()]
     return Unit(shard=path, tar=path, samples=entries)
 
 
@@ -189,7 +187,9 @@ def _file_units(items: list[tuple[Path, int]], shard: str, root: Path | None) ->
     units = []
     for path, label in items:
         key = str(path.relative_to(root)) if root is not None else str(path)
-        units.append(Unit(shard=shard, tar=None, samples=[SampleEntry(key=key, video=str(path), label=label)]))
+        units.append(
+            Unit(shard=shard, tar=None, samples=[SampleEntry(key=key, video=str(path), label=label)])
+        )
     return units
 
 

@@ -7,8 +7,8 @@ size, orientation and position (uniform over the frame) do not depend on the lab
 how the object moves afterwards. Positions wrap around the frame edges (a torus), so an object can start
 anywhere and still travel far. At size 64 (all distances scale with `size`):
 
-- move_right/left/down/up: 24-48 px over the clip (1.5-3 patches of 16 px);
-- right_then_back, up_then_back: out 24-36 px by mid-clip, then back;
+- move_right/left/down/up: 28-48 px over the clip, 24-52 px with the drift (1.5-3 patches of 16 px);
+- right_then_back, up_then_back: out 26-36 px by mid-clip (at least 24 with the drift), then back;
 - rotate_cw/ccw: 180-300 degrees (the object's tips sweep 20+ px);
 - grow/shrink: size x2-2.5 or /2-2.5.
 
@@ -86,10 +86,13 @@ def object_trajectory(label: int, *, frames: int, size: int, rng: np.random.Gene
     scale_end = rng.uniform(0.9, 1.1)
     offset = t * drift
     if name in ("move_right", "move_left", "move_down", "move_up"):
-        offset = offset + t * rng.uniform(24.0, 48.0) * s * np.array(_DIRECTION[name])
+        offset = offset + t * rng.uniform(28.0, 48.0) * s * np.array(_DIRECTION[name])
     elif name in ("right_then_back", "up_then_back"):
-        out_and_back = 1.0 - np.abs(2.0 * t - 1.0)  # 0 -> 1 at mid-clip -> 0
-        offset = offset + out_and_back * rng.uniform(24.0, 36.0) * s * np.array(_DIRECTION[name])
+        half = (frames - 1) // 2  # the turn lands on a frame, so the peak is really shown
+        out_and_back = (
+            np.interp(np.arange(frames), [0, half, frames - 1], [0, 1, 0])[:, None] if half else 0 * t
+        )
+        offset = offset + out_and_back * rng.uniform(26.0, 36.0) * s * np.array(_DIRECTION[name])
     elif name in ("rotate_cw", "rotate_ccw"):
         spin = rng.uniform(np.pi, 5 * np.pi / 3) * (1.0 if name == "rotate_cw" else -1.0)
     elif name == "grow":
@@ -215,11 +218,13 @@ def render_video(label: int, *, frames: int, size: int, rng: np.random.Generator
     return render_scene(label, frames=frames, size=size, rng=rng).video
 
 
-def _make_sample(job: tuple[str, int, int, int, int, int, float]) -> tuple[str, bytes, dict]:
+def _make_sample(job: tuple[str, int, int, int, int, int, int, float]) -> tuple[str, bytes, dict]:
     """Worker: render and encode one video; its RNG depends only on (seed, split, index)."""
     split, split_id, index, label, frames, size, seed, fps = job
     rng = np.random.default_rng([seed, split_id, index])
-    data = encode_video(render_video(label, frames=frames, size=size, rng=rng), fps=fps, gop=_GOP, crf=_CRF)
+    data = encode_video(
+        render_video(label, frames=frames, size=size, rng=rng), fps=fps, gop=_GOP, crf=_CRF, threads=1
+    )
     meta = {
         "label": label,
         "class": CLASS_NAMES[label],
@@ -278,7 +283,7 @@ def write_synthetic_dataset(
     with pool:  # a real pool is terminated on exit, also when a worker raised
         for split, jobs in splits.items():
             results = pool.imap(_make_sample, jobs, chunksize=8) if workers > 1 else map(_make_sample, jobs)
-            with ShardWriter(out / split, shard_size=shard_size) as writer:
+            with ShardWriter(out / split, shard_size=shard_size, overwrite=True) as writer:
                 for key, data, meta in results:
                     writer.write(key, data, ext="mp4", meta=meta)
             summary[split] = {"videos": writer.samples, "shards": len(writer.shards)}

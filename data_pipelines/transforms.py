@@ -63,7 +63,7 @@ def augment_clip(
     hflip: float,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """Frames [T, H, W, 3] uint8 -> clip [3, T, S, S] uint8: one random resized crop and flip for all frames."""
+    """Frames [T, H, W, 3] uint8 -> clip [3, T, S, S] uint8, one random resized crop and flip for all."""
     video = torch.as_tensor(frames)
     if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != torch.uint8:
         raise ValueError(f"frames must be [T, H, W, 3] uint8, got {tuple(video.shape)} {video.dtype}")

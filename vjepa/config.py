@@ -7,6 +7,7 @@ ValueError that names the dotted key, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -194,6 +195,18 @@ def to_dict(cfg: Any) -> Any:
 # ----------------------------------------------------------------------------- merging and overrides
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """Safe YAML that reads exponent floats without a dot (`1e-3`) as numbers, as YAML 1.2 does; PyYAML
+    follows YAML 1.1 and would hand `optim.lr: 1e-3` over as the string '1e-3'."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any], prefix: str) -> dict[str, Any]:
     """Deep-merges mapping `over` into `base` (lists and scalars are replaced)."""
     out = dict(base)
@@ -225,7 +238,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         elif not isinstance(node, dict) or (part not in node and not here.startswith("dist.deepspeed.")):
             raise ValueError(f"unknown config key '{here}'")
         if last:
-            node[part] = yaml.safe_load(raw) if raw.strip() else ""
+            node[part] = yaml.load(raw, Loader=_YamlLoader) if raw.strip() else ""
         else:
             node = node.setdefault(part, {}) if isinstance(node, dict) else node[part]
 
@@ -238,7 +251,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not path.is_file():
             raise ValueError(f"config file not found: {path}")
         with path.open() as f:
-            loaded = yaml.safe_load(f) or {}
+            loaded = yaml.load(f, Loader=_YamlLoader) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a config file must hold a mapping at the top level")
         try:

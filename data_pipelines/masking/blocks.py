@@ -42,9 +42,10 @@ def draw_block_size(
     return t, h, w
 
 
-@functools.lru_cache(maxsize=256)
-def _placements(length: int, extent: int) -> torch.Tensor:
-    """Row s is the indicator of [s, s + extent) on an axis of `length`: [length - extent + 1, length]."""
+@functools.lru_cache(maxsize=1024)
+def _axis_placements(length: int, extent: int) -> torch.Tensor:
+    """Row s is the indicator of [s, s + extent) on an axis of `length`: [S, length] float 0/1, S =
+    length - extent + 1. Cached (tiny, never written to): one block size recurs over many batches."""
     start_s1 = torch.arange(length - extent + 1).unsqueeze(1)
     coord_l = torch.arange(length)
     return ((coord_l >= start_s1) & (coord_l < start_s1 + extent)).to(torch.float32)
@@ -63,14 +64,24 @@ def place_blocks(
     Returns [B, Tp, Hp, Wp] float32 counts (exact small integers); > 0 is the union of the blocks.
     """
     tp, hp, wp = grid
-    inside = []  # per axis [B*K, length] float 0/1: the axis coordinates inside each block
+    inside = []  # per axis [B, K, length] float 0/1: the coordinates inside each block
     for length, extent in zip(grid, size):
-        start = torch.randint(0, length - extent + 1, (batch_size * num_blocks,), generator=generator)
-        inside.append(_placements(length, extent).index_select(0, start))
-    in_t, in_h, in_w = (x.view(batch_size, num_blocks, -1) for x in inside)  # [B, K, Tp|Hp|Wp]
+        table = _axis_placements(length, extent)
+        start = torch.randint(0, table.shape[0], (batch_size * num_blocks,), generator=generator)
+        inside.append(table.index_select(0, start).view(batch_size, num_blocks, length))
+    in_t, in_h, in_w = inside
     th_bkn = (in_t.unsqueeze(3) * in_h.unsqueeze(2)).view(batch_size, num_blocks, tp * hp)
     count_bnw = torch.bmm(th_bkn.transpose(1, 2), in_w)  # [B, Tp*Hp, Wp], contracted over the K blocks
     return count_bnw.view(batch_size, tp, hp, wp)
+
+
+def min_cover(size: tuple[int, int, int], region: tuple[int, int, int]) -> int:
+    """A lower bound on the number of `size` blocks that can cover a `region` (t, h, w) of tokens.
+
+    The lattice points (i*t, j*h, k*w) inside the region are ceil(T/t) * ceil(H/h) * ceil(W/w), and a
+    t x h x w block contains at most one of them.
+    """
+    return math.prod(-(-r // s) for r, s in zip(region, size))
 
 
 def draw_block_union(
@@ -95,6 +106,8 @@ def draw_block_union(
             "empty; lower spatial_scale / temporal_scale"
         )
     count = place_blocks(size, grid=grid, batch_size=batch_size, num_blocks=num_blocks, generator=generator)
+    if num_blocks < min_cover(size, (min(tp, free_steps), hp, wp)):
+        return count > 0  # too few blocks to ever cover the free region: no check needed
     for attempt in range(MAX_ATTEMPTS):
         bad_b = count[:, :free_steps].reshape(batch_size, -1).amin(1) > 0  # [B] samples with no free token
         n_bad = int(bad_b.sum())

@@ -34,8 +34,8 @@ def split_indices(target_bn: torch.Tensor) -> tuple[IndexSet, IndexSet]:
     b, n = target_bn.shape
     rank_t_bn = target_bn.cumsum(1, dtype=torch.int32)  # targets up to and including each token
     length_t_b1 = rank_t_bn[:, -1:].long()
-    kt = int(length_t_b1.max())
-    kc = n - int(length_t_b1.min())
+    lo, hi = torch.aminmax(length_t_b1)
+    kt, kc = int(hi), n - int(lo)
     # Context tokens up to and including token j number j + 1 - rank_t; shifted past the target slots.
     slot_c_bn = torch.arange(kt + 1, kt + n + 1, dtype=torch.int32) - rank_t_bn
     slot_bn = torch.where(target_bn, rank_t_bn, slot_c_bn).long()

@@ -1,9 +1,12 @@
 """Training engines: how the JEPA model is wrapped, stepped, EMA-updated and checkpointed.
 
 Every engine exposes the same small surface that `vjepa.train.trainer.train_step` uses:
-`forward(clips, masks)`, `backward(loss)`, `step(lr, weight_decay)`, `ema(momentum)`,
-`all_finite(flag)`, `save(folder)`, `load(folder)`, plus `module` (the unwrapped JepaModel), `target`
-(the EMA encoder) and `barrier()`.
+`forward(clips, masks)`, `backward(loss)`, `step(lr, weight_decay)`, `skip()`, `ema(momentum)`,
+`all_finite(flag)`, `save(folder, rank)`, `load(folder)`, `close()`, plus `module` (the unwrapped
+JepaModel), `target` (the EMA encoder), `optimizer` and `barrier()`.
+
+Engines: SingleEngine (here), DDPEngine (ddp.py), DeepSpeedEngine (deepspeed_engine.py), chosen by
+`build_engine` from `dist.backend`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from torch import nn
 
 from data_pipelines.batch import MaskBatch
 from vjepa.config import Config
+from vjepa.distributed.env import DistEnv
 from vjepa.models.jepa import JepaModel
 from vjepa.objective import JepaOutput, target_features
 from vjepa.train.checkpoint import atomic_torch_save
@@ -33,6 +37,10 @@ class SingleEngine:
         self.optimizer = build_optimizer(model, cfg.optim)
 
     def barrier(self) -> None:
+        return None
+
+    def close(self) -> None:
+        """Releases what the engine holds besides memory (nothing for plain modules)."""
         return None
 
     def all_finite(self, flag: bool) -> bool:
@@ -103,7 +111,11 @@ def load_without_positions(module: nn.Module, state: dict, name: str) -> None:
         raise ValueError(f"train.init_from: '{name}' weights do not fit: missing {missing}, unexpected {unexpected}")
 
 
-def build_engine(cfg: Config, model: JepaModel, device: torch.device, env) -> SingleEngine:
+def build_engine(cfg: Config, model: JepaModel, device: torch.device, env: DistEnv):
+    """The engine for `dist.backend`: single (one process), ddp, or deepspeed (ZeRO `dist.zero_stage`).
+
+    ddp and deepspeed run in a process group, started here from `env` if the caller has not started one
+    (a group of one when launched alone); a failed start raises instead of falling back to one process."""
     backend = cfg.dist.backend
     if backend == "single":
         if env.world_size > 1:
@@ -112,4 +124,15 @@ def build_engine(cfg: Config, model: JepaModel, device: torch.device, env) -> Si
                 "use dist.backend=ddp or dist.backend=deepspeed"
             )
         return SingleEngine(cfg, model.to(device), device)
-    raise ValueError(f"dist.backend={backend!r} is not available in this build")
+    if backend not in ("ddp", "deepspeed"):
+        raise ValueError(f"dist.backend: unknown backend {backend!r} (known: single, ddp, deepspeed)")
+    from vjepa.distributed.process_group import start_process_group
+
+    start_process_group(env, device)
+    if backend == "ddp":
+        from vjepa.distributed.ddp import DDPEngine
+
+        return DDPEngine(cfg, model, device)
+    from vjepa.distributed.deepspeed_engine import DeepSpeedEngine
+
+    return DeepSpeedEngine(cfg, model, device)

@@ -23,13 +23,14 @@ def check_backend(backend: str, device: torch.device | str | None = None) -> Non
     if backend not in BACKENDS:
         raise ValueError(f"model.attention: unknown backend {backend!r} (choose from {BACKENDS})")
     if backend == "xformers":
-        if importlib.util.find_spec("xformers") is None:
-            raise ValueError("model.attention=xformers needs xformers: pip install 'vjepa[gpu]'")
+        # Device first: on a CPU, installing xformers would not help, so point at sdpa instead.
         if device is not None and torch.device(device).type != "cuda":
             raise ValueError(
                 f"model.attention=xformers has no kernels for device '{torch.device(device).type}'; "
                 "use model.attention=sdpa there"
             )
+        if importlib.util.find_spec("xformers") is None:
+            raise ValueError("model.attention=xformers needs xformers: pip install 'vjepa[gpu]'")
 
 
 def _xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor | None):

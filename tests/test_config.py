@@ -1,0 +1,244 @@
+"""The typed config: strict loading (typos, types, inconsistent combinations name the dotted key), dotted
+overrides, the saved resolved config reading back equal, and every shipped YAML file loading."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vjepa.config import Config, _YamlLoader, load_config, save_config, to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_FILES = sorted({*ROOT.glob("configs/*.yaml"), *ROOT.glob("configs/**/*.yaml"), *ROOT.glob("configs/**/*.yml")})
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def _raises_naming(key: str):
+    """ValueError whose message names `key` as a whole dotted key (not as part of a longer one)."""
+    return pytest.raises(ValueError, match=rf"(?<![\w.]){re.escape(key)}(?![\w])")
+
+
+def test_defaults_load_and_validate() -> None:
+    cfg = load_config()
+    assert cfg == Config()
+    assert cfg.model.name == "vit_large" and len(cfg.mask) == 2
+
+
+# ----------------------------------------------------------------------------- unknown keys
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("modle:\n  name: vit_tiny\n", "modle"),
+        ("model:\n  nmae: vit_tiny\n", "model.nmae"),
+        ("optim:\n  learning_rate: 0.1\n", "optim.learning_rate"),
+        ("mask:\n  - kind: multiblock\n    num_blocks: 2\n  - kind: tube\n    xxx: 1\n", "mask.1.xxx"),
+        ("mask:\n  - kind: multiblock\n    num_block: 2\n", "mask.0.num_block"),
+        ("data:\n  dataset: files\n  sources:\n    - path: a.csv\n      knd: csv\n", "data.sources.0.knd"),
+    ],
+)
+def test_unknown_yaml_key_names_the_dotted_key(tmp_path: Path, text: str, key: str) -> None:
+    with _raises_naming(key):
+        load_config(_write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("trian.steps=3", "trian"),
+        ("model.nmae=vit_tiny", "model.nmae"),
+        ("mask.0.xxx=1", "mask.0.xxx"),
+        ("mask.7.num_blocks=3", "mask.7"),
+        ("mask.first.num_blocks=3", "mask.first"),
+        ("model.name.inner=1", "model.name.inner"),
+    ],
+)
+def test_unknown_override_key_names_the_dotted_key(override: str, key: str) -> None:
+    with _raises_naming(key):
+        load_config(overrides=[override])
+
+
+def test_override_needs_key_equals_value() -> None:
+    with pytest.raises(ValueError, match="key=value"):
+        load_config(overrides=["train.steps"])
+
+
+# ----------------------------------------------------------------------------- types
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("train.steps=ten", "train.steps"),
+        ("train.steps=true", "train.steps"),  # a bool is not an int
+        ("train.steps=2.5", "train.steps"),
+        ("train.steps=1e3", "train.steps"),
+        ("optim.lr=fast", "optim.lr"),
+        ("optim.lr=true", "optim.lr"),
+        ("optim.betas=[0.9]", "optim.betas"),  # tuple length
+        ("optim.betas=[0.9, 0.95, 0.99]", "optim.betas"),
+        ("optim.betas=0.9", "optim.betas"),
+        ("optim.betas=[0.9, high]", "optim.betas.1"),
+        ("optim.grad_clip=big", "optim.grad_clip"),
+        ("mask.1.spatial_scale=[0.1, 0.2, 0.3]", "mask.1.spatial_scale"),
+        ("mask.0.num_blocks=two", "mask.0.num_blocks"),
+        ("model.activation_checkpointing=1", "model.activation_checkpointing"),
+        ("model.name=3", "model.name"),
+        ("dist.deepspeed=[1, 2]", "dist.deepspeed"),
+        ("model=vit_tiny", "model"),
+    ],
+)
+def test_wrong_type_names_the_key(override: str, key: str) -> None:
+    with _raises_naming(key):
+        load_config(overrides=[override])
+
+
+def test_wrong_type_in_yaml_names_the_key(tmp_path: Path) -> None:
+    with _raises_naming("train.seed"):
+        load_config(_write(tmp_path, "train:\n  seed: '0'\n"))
+    with _raises_naming("mask.0.aspect_ratio"):
+        load_config(_write(tmp_path, "mask:\n  - aspect_ratio: [0.75]\n"))
+    with _raises_naming("model"):
+        load_config(_write(tmp_path, "model: vit_tiny\n"))
+    with pytest.raises(ValueError, match="mapping"):
+        load_config(_write(tmp_path, "- 1\n- 2\n"))
+
+
+# ----------------------------------------------------------------------------- consistency
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["data.frames_per_clip=15"], "data.frames_per_clip"),  # tubelet 2
+        (["model.tubelet_size=4", "data.frames_per_clip=6"], "data.frames_per_clip"),
+        (["data.crop_size=100"], "data.crop_size"),  # patch 16
+        (["model.patch_size=14", "data.crop_size=256"], "data.crop_size"),
+        (["model.name=vit_enormous"], "model.name"),
+        (["model.attention=flash"], "model.attention"),
+        (["model.pos_embed=learned"], "model.pos_embed"),
+        (["train.precision=fp16"], "train.precision"),
+        (["model.pred_heads=5"], "model.pred_width"),  # 384 % 5
+        (["mask.1.kind=random"], "mask.1.kind"),
+        (["mask=[]"], "mask"),
+    ],
+)
+def test_inconsistent_combinations_name_the_key(overrides: list[str], key: str) -> None:
+    with _raises_naming(key):
+        load_config(overrides=overrides)
+
+
+def test_consistent_non_default_combination_loads() -> None:
+    cfg = load_config(overrides=["model.patch_size=14", "data.crop_size=252", "model.tubelet_size=4"])
+    assert (cfg.model.patch_size, cfg.data.crop_size, cfg.model.tubelet_size) == (14, 252, 4)
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+def test_dotted_overrides() -> None:
+    cfg = load_config(
+        overrides=[
+            "mask.1.num_blocks=3",
+            "optim.betas=[0.9,0.95]",
+            "dist.deepspeed.foo=1",
+            "dist.deepspeed.zero_optimization.stage=3",
+            "optim.lr=1e-3",  # YAML 1.1 reads this as a string; ours reads a number
+            "optim.grad_clip=null",
+            "train.out_dir=runs/a=b",  # only the first '=' splits
+            "model.name=vit_test",
+        ]
+    )
+    assert cfg.mask[1].num_blocks == 3 and cfg.mask[0].num_blocks == 8  # only entry 1 changed
+    assert cfg.optim.betas == (0.9, 0.95) and isinstance(cfg.optim.betas, tuple)
+    assert cfg.dist.deepspeed == {"foo": 1, "zero_optimization": {"stage": 3}}
+    assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)
+    assert cfg.optim.grad_clip is None
+    assert cfg.train.out_dir == "runs/a=b"
+    assert cfg.model.name == "vit_test"
+    assert load_config(overrides=["optim.grad_clip=1"]).optim.grad_clip == 1.0
+
+
+def test_overrides_apply_after_the_yaml_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "train:\n  steps: 7\n  seed: 3\noptim:\n  lr: 1e-3\ndist:\n  deepspeed:\n    a: {b: 1}\n")
+    cfg = load_config(path, ["train.steps=9", "dist.deepspeed.a.c=2"])
+    assert (cfg.train.steps, cfg.train.seed, cfg.optim.lr) == (9, 3, 1e-3)
+    assert cfg.dist.deepspeed == {"a": {"b": 1, "c": 2}}
+
+
+def test_yaml_mask_list_replaces_the_default_list(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, "mask:\n  - kind: tube\n    ratio: 0.8\n"))
+    assert len(cfg.mask) == 1 and cfg.mask[0].kind == "tube" and cfg.mask[0].ratio == 0.8
+    assert cfg.mask[0].num_blocks == 8  # fields not given keep the dataclass default
+
+
+# ----------------------------------------------------------------------------- save and reload
+
+
+def test_saved_config_reads_back_equal(tmp_path: Path) -> None:
+    cfg = load_config(
+        ROOT / "configs" / "quickstart.yaml",
+        [
+            "mask.1.num_blocks=3",
+            "optim.betas=[0.9,0.95]",
+            "optim.lr=1e-3",
+            "optim.grad_clip=0.5",
+            "dist.deepspeed.zero_optimization={stage: 3, overlap_comm: true}",
+            "data.dataset=files",
+            "data.sources=[{path: shards/a, weight: 2.0}, {path: b.csv, kind: csv}]",
+            "train.out_dir=runs/x",
+        ],
+    )
+    path = tmp_path / "resolved.yaml"
+    save_config(cfg, path)
+    again = load_config(path)
+    assert again == cfg
+    assert to_dict(again) == to_dict(cfg)
+    assert again.optim.betas == (0.9, 0.95) and again.data.sources[1].kind == "csv"
+    # The file is the whole tree, not only the overrides: it stands on its own.
+    text = path.read_text()
+    for section in ("model:", "mask:", "data:", "optim:", "train:", "dist:", "checkpoint:", "log:"):
+        assert re.search(rf"^{section}", text, flags=re.M), section
+
+
+# ----------------------------------------------------------------------------- shipped files
+
+
+def test_config_files_are_found() -> None:
+    assert any(p.name == "quickstart.yaml" for p in CONFIG_FILES)
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=[str(p.relative_to(ROOT)) for p in CONFIG_FILES])
+def test_shipped_config_loads(path: Path) -> None:
+    raw = yaml.load(path.read_text(), Loader=_YamlLoader) or {}  # the loader load_config uses
+    overrides = []
+    data = raw.get("data", {})
+    if data.get("dataset") == "files" and not data.get("sources"):
+        # Recipes leave the user's shards to the command line, as their header comments show.
+        overrides.append("data.sources=[{path: /data/shards}]")
+    resolved = to_dict(load_config(path, overrides))
+    for dotted, value in _leaves(raw):  # every value the file sets arrives in the tree
+        node = resolved
+        for part in dotted.split("."):
+            node = node[part]
+        assert node == value, dotted
+
+
+def _leaves(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
+    out = []
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted != "dist.deepspeed":
+            out += _leaves(value, dotted + ".")
+        else:
+            out.append((dotted, value))
+    return out

@@ -1,0 +1,98 @@
+"""Consolidating a training checkpoint (single, DDP or DeepSpeed ZeRO 0-3) into one plain torch file:
+
+    {"encoder": state_dict, "predictor": state_dict, "target_encoder": state_dict, "config": dict}
+
+in fp32 on CPU, loadable without DeepSpeed or a process group (feature extraction, probes, `train.init_from`).
+DeepSpeed's shards are merged with its own `zero_to_fp32` reader (fp32 master weights); the ZeRO-3 target
+shards written by `zero_ema.save_shard` are concatenated here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import yaml
+
+from vjepa.distributed import zero_ema
+
+MODEL_FILE = "model.pt"
+DEEPSPEED_TAG = "deepspeed"  # mirrors deepspeed_engine.TAG without importing deepspeed
+TARGET_FILE = "target.pt"
+MARKER = "COMPLETE"
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from a step folder, a `checkpoints/` folder or a run folder (newest complete one)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"--checkpoint: no such folder {path}")
+    if (path / MODEL_FILE).is_file() or (path / DEEPSPEED_TAG).is_dir():
+        return path
+    from vjepa.train.checkpoint import CheckpointManager
+
+    for root in (path, path / "checkpoints"):
+        latest = CheckpointManager(root).latest() if root.is_dir() else None
+        if latest is not None:
+            return latest
+    raise ValueError(f"--checkpoint: {path} holds no checkpoint (model.pt or deepspeed/) nor a complete step folder")
+
+
+def _split(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v.detach().float().cpu().clone() for k, v in state.items() if k.startswith(prefix)}
+
+
+def _deepspeed_model_state(folder: Path) -> dict[str, torch.Tensor]:
+    """The JepaModel state dict (fp32) from DeepSpeed's files under `folder/deepspeed/`."""
+    ds_dir = folder / DEEPSPEED_TAG
+    if any(ds_dir.glob("*optim_states.pt")):  # ZeRO 1-3: the fp32 master partitions live with the optimizer
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return dict(get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=DEEPSPEED_TAG))
+    files = sorted(ds_dir.glob("mp_rank_*_model_states.pt"))  # ZeRO 0: full weights in the model file
+    if not files:
+        raise ValueError(f"{ds_dir}: no DeepSpeed model or optimizer state files")
+    return dict(torch.load(files[0], map_location="cpu", weights_only=False)["module"])
+
+
+def _target_state(folder: Path) -> dict[str, torch.Tensor]:
+    if (folder / zero_ema.SHARD_FILE.format(rank=0)).is_file():
+        return zero_ema.consolidate_shards(folder)
+    if (folder / TARGET_FILE).is_file():
+        return torch.load(folder / TARGET_FILE, map_location="cpu", weights_only=False)
+    raise ValueError(f"{folder}: no EMA target ({TARGET_FILE} or {zero_ema.SHARD_FILE.format(rank=0)})")
+
+
+def consolidate(checkpoint: str | Path) -> dict:
+    """The plain {"encoder", "predictor", "target_encoder", "config"} dict for a checkpoint folder."""
+    folder = resolve_checkpoint(checkpoint)
+    config_file = folder / "config.yaml"
+    if not config_file.is_file():
+        raise ValueError(f"{folder}: missing config.yaml (needed to rebuild the models)")
+    config = yaml.safe_load(config_file.read_text())
+    if (folder / MODEL_FILE).is_file():  # single process or DDP
+        state = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=False)
+        parts = {k: _split(state[k], "") for k in ("encoder", "predictor", "target_encoder")}
+    else:
+        model = _deepspeed_model_state(folder)
+        parts = {
+            "encoder": _split(model, "encoder."),
+            "predictor": _split(model, "predictor."),
+            "target_encoder": _split(_target_state(folder), ""),
+        }
+    for key, sd in parts.items():
+        if not sd:
+            raise ValueError(f"{folder}: the checkpoint holds no {key} weights")
+    return {**parts, "config": config}
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
+    """Writes the consolidated file atomically; returns its path."""
+    out = Path(out)
+    state = consolidate(checkpoint)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, out)
+    return out
