@@ -16,7 +16,7 @@ def check_grid(grid: tuple[int, int, int]) -> tuple[int, int, int]:
     """The token grid (Tp, Hp, Wp) as three positive ints, else a ValueError naming `grid`."""
     if len(grid) != 3 or any(not isinstance(g, int) or g < 1 for g in grid):
         raise ValueError(f"grid: expected three positive ints (Tp, Hp, Wp), got {grid!r}")
-    return tuple(grid)
+    return (grid[0], grid[1], grid[2])
 
 
 def draw_masks(
@@ -45,7 +45,8 @@ def draw_masks(
 
 def mix_seed(*parts: int) -> int:
     """A 64-bit seed from a tuple of ints; nearby tuples give unrelated seeds (and so streams)."""
-    digest = hashlib.blake2b(repr(("vjepa.masks", *parts)).encode(), digest_size=8).digest()
+    key = repr(("vjepa.masks", *(int(p) for p in parts)))  # int(): numpy ints repr differently
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
 
 
