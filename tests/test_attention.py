@@ -17,6 +17,15 @@ from vjepa.layers.attention import Attention, attend, check_backend
 from vjepa.models import build_encoder, build_predictor
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run faster on one intra-op thread, and far faster when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def manual_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -80,7 +89,9 @@ def test_xformers_on_cpu_points_at_sdpa(monkeypatch: pytest.MonkeyPatch) -> None
         check_backend("xformers", "cpu")
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(  # even where xformers is installed, it has no CPU kernels
-        importlib.util, "find_spec", lambda name, *a: object() if name == "xformers" else real_find_spec(name, *a)
+        importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "xformers" else real_find_spec(name, *a),
     )
     with pytest.raises(ValueError, match="sdpa"):
         check_backend("xformers", torch.device("cpu"))
@@ -142,7 +153,9 @@ def test_xformers_encoder_matches_sdpa_encoder_on_cuda(pos_embed: str) -> None:
     sdpa = build_encoder("vit_test", **kw)
     xf = build_encoder("vit_test", attention="xformers", **kw)
     xf.load_state_dict(sdpa.state_dict())
-    m = MaskBatch.from_lists([torch.arange(3, 15), torch.arange(0, 18, 3)], [torch.tensor([0]), torch.tensor([1])])
+    m = MaskBatch.from_lists(
+        [torch.arange(3, 15), torch.arange(0, 18, 3)], [torch.tensor([0]), torch.tensor([1])]
+    )
     m = m.to("cuda")
     clips = torch.randn(2, 3, 4, 48, 48, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -190,4 +203,3 @@ def test_activation_checkpointing_gives_the_same_gradients(pos_embed: str) -> No
     for name in plain:
         torch.testing.assert_close(ckpt[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
     assert any(float(g.abs().max()) > 0 for g in plain.values())
-

@@ -12,7 +12,9 @@ import yaml
 from vjepa.config import Config, _YamlLoader, load_config, save_config, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG_FILES = sorted({*ROOT.glob("configs/*.yaml"), *ROOT.glob("configs/**/*.yaml"), *ROOT.glob("configs/**/*.yml")})
+CONFIG_FILES = sorted(
+    {*ROOT.glob("configs/*.yaml"), *ROOT.glob("configs/**/*.yaml"), *ROOT.glob("configs/**/*.yml")}
+)
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -169,7 +171,9 @@ def test_dotted_overrides() -> None:
 
 
 def test_overrides_apply_after_the_yaml_file(tmp_path: Path) -> None:
-    path = _write(tmp_path, "train:\n  steps: 7\n  seed: 3\noptim:\n  lr: 1e-3\ndist:\n  deepspeed:\n    a: {b: 1}\n")
+    path = _write(
+        tmp_path, "train:\n  steps: 7\n  seed: 3\noptim:\n  lr: 1e-3\ndist:\n  deepspeed:\n    a: {b: 1}\n"
+    )
     cfg = load_config(path, ["train.steps=9", "dist.deepspeed.a.c=2"])
     assert (cfg.train.steps, cfg.train.seed, cfg.optim.lr) == (9, 3, 1e-3)
     assert cfg.dist.deepspeed == {"a": {"b": 1, "c": 2}}

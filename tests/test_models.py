@@ -29,6 +29,15 @@ ENCODER_PARAMS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run faster on one intra-op thread, and far faster when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _num_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -249,7 +258,9 @@ def test_encoder_and_predictor_shapes(pos_embed: str, crop: int | tuple[int, int
     n = 2 * (h // 16) * (w // 16)
     clips = torch.randn(2, 3, 4, h, w)
     assert enc(clips).shape == (2, n, 48)
-    m = MaskBatch.from_lists([torch.tensor([0, 2]), torch.tensor([1])], [torch.tensor([3]), torch.tensor([4, 5])])
+    m = MaskBatch.from_lists(
+        [torch.tensor([0, 2]), torch.tensor([1])], [torch.tensor([3]), torch.tensor([4, 5])]
+    )
     z = enc(clips, m.context_idx, m.context_valid)
     assert z.shape == (2, 2, 48)
     out = pred(
@@ -262,7 +273,9 @@ def test_encoder_and_predictor_shapes(pos_embed: str, crop: int | tuple[int, int
 def test_built_models_have_no_meta_tensors() -> None:
     for pos_embed in ("sincos", "rope"):
         enc = build_encoder("vit_test", frames=4, crop=32, pos_embed=pos_embed, device="cpu")
-        pred = build_predictor(embed_dim=48, frames=4, crop=32, width=32, depth=2, heads=2, pos_embed=pos_embed)
+        pred = build_predictor(
+            embed_dim=48, frames=4, crop=32, width=32, depth=2, heads=2, pos_embed=pos_embed
+        )
         for model in (enc, pred):
             tensors = list(model.parameters()) + list(model.buffers())
             assert tensors and not any(t.is_meta for t in tensors)
