@@ -246,3 +246,8 @@ def _leaves(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
         else:
             out.append((dotted, value))
     return out
+
+
+def test_xformers_on_cpu_stops_before_any_work() -> None:
+    with pytest.raises(ValueError, match=r"model\.attention=xformers.*sdpa.*train\.device=cpu"):
+        load_config(None, ["model.attention=xformers", "train.device=cpu"])

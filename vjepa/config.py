@@ -300,6 +300,16 @@ def validate(cfg: Config) -> None:
         "data.crop_size",
         f"{d.crop_size} is not divisible by model.patch_size={m.patch_size}",
     )
+    if m.attention == "xformers":  # fail before any work where it cannot run (no CPU kernels)
+        import torch
+
+        from vjepa.layers.attention import check_backend
+
+        cuda = t.device == "cuda" or (t.device == "auto" and torch.cuda.is_available())
+        try:
+            check_backend("xformers", "cuda" if cuda else "cpu")
+        except ValueError as err:
+            raise ValueError(f"{err} (train.device={t.device})") from None
     _check(len(cfg.mask) >= 1, "mask", "needs at least one mask configuration")
     for i, spec in enumerate(cfg.mask):
         if hasattr(spec, "validate"):
