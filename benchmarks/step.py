@@ -77,17 +77,29 @@ def main(argv: list[str] | None = None) -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
-    cfg = load_config(None, [
-        f"model.name={args.model}", f"data.frames_per_clip={args.frames}", f"data.crop_size={args.crop}",
-        f"data.batch_size={args.batch}", "data.dataset=synthetic", f"train.precision={precision}",
-        f"model.attention={args.attention}", f"model.pred_width={args.pred_width}",
-        f"model.pred_depth={args.pred_depth}", f"model.pred_heads={args.pred_heads}",
-        f"model.activation_checkpointing={str(args.ckpt).lower()}", f"train.device={device.type}",
-        f"train.steps={args.warmup + args.steps}", "optim.warmup_steps=0",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"model.name={args.model}",
+            f"data.frames_per_clip={args.frames}",
+            f"data.crop_size={args.crop}",
+            f"data.batch_size={args.batch}",
+            "data.dataset=synthetic",
+            f"train.precision={precision}",
+            f"model.attention={args.attention}",
+            f"model.pred_width={args.pred_width}",
+            f"model.pred_depth={args.pred_depth}",
+            f"model.pred_heads={args.pred_heads}",
+            f"model.activation_checkpointing={str(args.ckpt).lower()}",
+            f"train.device={device.type}",
+            f"train.steps={args.warmup + args.steps}",
+            "optim.warmup_steps=0",
+        ],
+    )
     engine = SingleEngine(cfg, build_models(cfg, device), device)
-    grid = token_grid(frames=args.frames, crop=args.crop, patch=cfg.model.patch_size,
-                      tubelet=cfg.model.tubelet_size)
+    grid = token_grid(
+        frames=args.frames, crop=args.crop, patch=cfg.model.patch_size, tubelet=cfg.model.tubelet_size
+    )
     batch = next(iter(build_train_data(cfg, grid=grid, rank=0, world_size=1)))  # one batch, reused
     times = []
     for step in range(args.warmup + args.steps):
@@ -103,13 +115,21 @@ def main(argv: list[str] | None = None) -> None:
     flops = step_flops(cfg, batch)
     peak = peak_tflops(device, args.peak_tflops)
     result = {
-        "bench": "step", "model": args.model, "frames": args.frames, "crop": args.crop, "batch": args.batch,
-        "precision": precision, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "threads": torch.get_num_threads(), "ms_per_step": round(median * 1000, 2),
-        "clips_per_s": round(args.batch / median, 2), "tokens_per_clip": grid[0] * grid[1] * grid[2],
+        "bench": "step",
+        "model": args.model,
+        "frames": args.frames,
+        "crop": args.crop,
+        "batch": args.batch,
+        "precision": precision,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "ms_per_step": round(median * 1000, 2),
+        "clips_per_s": round(args.batch / median, 2),
+        "tokens_per_clip": grid[0] * grid[1] * grid[2],
         "context_tokens": [int(m.context_valid.sum()) for m in batch.masks],
         "target_tokens": [int(m.target_valid.sum()) for m in batch.masks],
-        "tflop_per_step": round(flops / 1e12, 4), "achieved_tflops": round(flops / median / 1e12, 3),
+        "tflop_per_step": round(flops / 1e12, 4),
+        "achieved_tflops": round(flops / median / 1e12, 3),
         "mfu": round(flops / median / (peak * 1e12), 4) if peak else None,
     }
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))

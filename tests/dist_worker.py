@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -36,15 +37,35 @@ FRAMES, CROP = 4, 32  # vit_test, patch 16, tubelet 2 -> grid 2 x 2 x 2 = 8 toke
 TOKENS = 8
 
 
-def make_config(backend: str, stage: int, precision: str, world: int, out_dir: str, extra: list[str]) -> Config:
-    return load_config(None, [
-        "model.name=vit_test", "model.pred_width=32", "model.pred_depth=2", "model.pred_heads=4",
-        f"data.frames_per_clip={FRAMES}", f"data.crop_size={CROP}", f"data.batch_size={GLOBAL_BATCH // world}",
-        "optim.start_lr=1e-4", "optim.lr=2e-3", "optim.warmup_steps=2", "optim.weight_decay=0.05",
-        "optim.final_weight_decay=0.4", "optim.ema_start=0.9", "optim.ema_end=0.95", "optim.grad_clip=0.5",
-        f"train.precision={precision}", "train.device=cpu", f"train.out_dir={out_dir}",
-        f"dist.backend={backend}", f"dist.zero_stage={stage}", *extra,
-    ])
+def make_config(
+    backend: str, stage: int, precision: str, world: int, out_dir: str, extra: list[str]
+) -> Config:
+    return load_config(
+        None,
+        [
+            "model.name=vit_test",
+            "model.pred_width=32",
+            "model.pred_depth=2",
+            "model.pred_heads=4",
+            f"data.frames_per_clip={FRAMES}",
+            f"data.crop_size={CROP}",
+            f"data.batch_size={GLOBAL_BATCH // world}",
+            "optim.start_lr=1e-4",
+            "optim.lr=2e-3",
+            "optim.warmup_steps=2",
+            "optim.weight_decay=0.05",
+            "optim.final_weight_decay=0.4",
+            "optim.ema_start=0.9",
+            "optim.ema_end=0.95",
+            "optim.grad_clip=0.5",
+            f"train.precision={precision}",
+            "train.device=cpu",
+            f"train.out_dir={out_dir}",
+            f"dist.backend={backend}",
+            f"dist.zero_stage={stage}",
+            *extra,
+        ],
+    )
 
 
 def global_batch(step: int, num_masks: int) -> VideoBatch:
@@ -63,8 +84,10 @@ def global_batch(step: int, num_masks: int) -> VideoBatch:
 def rank_slice(batch: VideoBatch, rank: int, world: int) -> VideoBatch:
     b = GLOBAL_BATCH // world
     rows = slice(rank * b, (rank + 1) * b)
-    masks = [MaskBatch(m.context_idx[rows], m.context_valid[rows], m.target_idx[rows], m.target_valid[rows])
-             for m in batch.masks]
+    masks = [
+        MaskBatch(m.context_idx[rows], m.context_valid[rows], m.target_idx[rows], m.target_valid[rows])
+        for m in batch.masks
+    ]
     return VideoBatch(clips=batch.clips[rows], labels=batch.labels[rows], masks=masks)
 
 
@@ -102,7 +125,10 @@ def optimizer_groups(engine) -> list[dict]:
     real = engine.optimizer
     while not isinstance(real, torch.optim.AdamW):
         real = real.optimizer
-    return [{"lr": g["lr"], "weight_decay": g["weight_decay"], "apply_wd": g["apply_wd"]} for g in real.param_groups]
+    return [
+        {"lr": g["lr"], "weight_decay": g["weight_decay"], "apply_wd": g["apply_wd"]}
+        for g in real.param_groups
+    ]
 
 
 def held_bytes(engine) -> int:
@@ -150,10 +176,26 @@ def nonfinite_checks(engine, cfg: Config, step: int, rank: int, world: int) -> d
     after = probe_features(engine)
     r_next = train_step(engine, batch, step, cfg, torch.device("cpu"))
     return {
-        "loss_skip_applied": r_loss.applied, "grad_skip_applied": r_grad.applied,
-        "grad_skip_norm": r_grad.grad_norm, "unchanged": before == after,
-        "next_applied": r_next.applied, "next_loss": mean_over_ranks(r_next.loss),
+        "loss_skip_applied": r_loss.applied,
+        "grad_skip_applied": r_grad.applied,
+        "grad_skip_norm": r_grad.grad_norm,
+        "unchanged": before == after,
+        "next_applied": r_next.applied,
+        "next_loss": mean_over_ranks(r_next.loss),
     }
+
+
+class Clock:
+    """Prints phase timings (rank 0) so a slow scenario shows where the time goes."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank, self.t = rank, time.perf_counter()
+
+    def __call__(self, label: str) -> None:
+        now = time.perf_counter()
+        if self.rank == 0:
+            print(f"[dist_worker] {label}: {now - self.t:.2f}s", flush=True)
+        self.t = now
 
 
 def scenario(args: argparse.Namespace) -> dict:
@@ -162,10 +204,14 @@ def scenario(args: argparse.Namespace) -> dict:
 
     env = read_env()
     world, rank = env.world_size, env.rank
+    clock = Clock(rank)
     cfg = make_config(args.backend, args.stage, args.precision, world, args.workdir, args.extra)
     torch.manual_seed(cfg.train.seed + rank)  # as the trainer does: ranks start different, engines broadcast
     engine = build_engine(cfg, build_models(cfg, torch.device("cpu")), torch.device("cpu"), env)
-    ckpts = CheckpointManager(Path(args.workdir) / "checkpoints", keep_last=3, rank=rank, barrier=engine.barrier)
+    ckpts = CheckpointManager(
+        Path(args.workdir) / "checkpoints", keep_last=3, rank=rank, barrier=engine.barrier
+    )
+    clock("engine")
 
     def save(step: int) -> Path:
         def write(folder: Path) -> None:
@@ -178,14 +224,17 @@ def scenario(args: argparse.Namespace) -> dict:
     half = args.steps // 2
     records = run_steps(engine, cfg, range(half), rank, world)
     result: dict = {"world_size": world, "rank": rank, "held_bytes": held_bytes(engine)}
+    clock("first half")
     if args.resume:
         save(half)
+        clock("save")
     records += run_steps(engine, cfg, range(half, args.steps), rank, world)
     result.update(records=records, groups=optimizer_groups(engine), features=probe_features(engine))
     if dist.is_initialized():
         sizes = [None] * world
         dist.all_gather_object(sizes, result["held_bytes"])
         result["held_bytes_per_rank"] = sizes
+    clock("second half")
     if args.export:
         from vjepa.distributed.export import export_checkpoint
 
@@ -194,6 +243,7 @@ def scenario(args: argparse.Namespace) -> dict:
         if rank == 0:
             export_checkpoint(final, exported)
         engine.barrier()
+        clock("save + export")
         result["export"] = str(exported)
         fresh = build_engine(cfg, build_models(cfg, torch.device("cpu")), torch.device("cpu"), env)
         fresh.load_weights(torch.load(exported, weights_only=False))
@@ -201,11 +251,15 @@ def scenario(args: argparse.Namespace) -> dict:
         clips = normalize_clips(global_batch(0, len(cfg.mask)).clips[:1])
         out = fresh.forward(clips, rank_slice(global_batch(0, len(cfg.mask)), 0, GLOBAL_BATCH).masks)
         fresh.backward(out.loss)
-        fresh.step(0.0, 0.0)  # lr 0: weights come back from the fp32 masters, which must hold the loaded values
+        fresh.step(
+            0.0, 0.0
+        )  # lr 0: weights come back from the fp32 masters, which must hold the loaded values
         result["load_weights_after_step"] = probe_features(fresh)
         fresh.close()
+        clock("load_weights")
     if args.nonfinite:
         result["nonfinite"] = nonfinite_checks(engine, cfg, args.steps, rank, world)
+        clock("nonfinite")
     if args.resume:
         engine.close()
         torch.manual_seed(12345 + rank)  # a fresh engine starts from other weights; the checkpoint must win
@@ -214,6 +268,7 @@ def scenario(args: argparse.Namespace) -> dict:
         result["resumed_records"] = run_steps(resumed, cfg, range(half, args.steps), rank, world)
         result["resumed_features"] = probe_features(resumed)
         resumed.close()
+        clock("resume")
     else:
         engine.close()
     return result

@@ -22,9 +22,18 @@ from vjepa.train.schedules import lr_at, momentum_at, values_at, weight_decay_at
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
-    "model.name=vit_test", "model.pred_width=32", "model.pred_depth=2", "model.pred_heads=4",
-    "data.dataset=synthetic", "data.frames_per_clip=4", "data.crop_size=32", "data.batch_size=2",
-    "train.precision=fp32", "train.device=cpu", "log.progress=false", "log.tensorboard=false",
+    "model.name=vit_test",
+    "model.pred_width=32",
+    "model.pred_depth=2",
+    "model.pred_heads=4",
+    "data.dataset=synthetic",
+    "data.frames_per_clip=4",
+    "data.crop_size=32",
+    "data.batch_size=2",
+    "train.precision=fp32",
+    "train.device=cpu",
+    "log.progress=false",
+    "log.tensorboard=false",
     "optim.warmup_steps=3",
 ]
 
@@ -52,8 +61,16 @@ def test_vjepa1_schedules_shape():
 
 
 def test_vjepa2_schedule_with_cooldown():
-    cfg = OptimConfig(schedule="vjepa2", warmup_steps=4, start_lr=0.0, lr=1.0, final_lr=0.0, cooldown_steps=10,
-                      ema_start=0.99925, ema_end=0.99925)
+    cfg = OptimConfig(
+        schedule="vjepa2",
+        warmup_steps=4,
+        start_lr=0.0,
+        lr=1.0,
+        final_lr=0.0,
+        cooldown_steps=10,
+        ema_start=0.99925,
+        ema_end=0.99925,
+    )
     assert lr_at(2, cfg, 30) == pytest.approx(0.5)
     assert lr_at(10, cfg, 30) == lr_at(19, cfg, 30) == 1.0
     assert lr_at(25, cfg, 30) == pytest.approx(0.5)
@@ -69,7 +86,11 @@ def test_no_weight_decay_on_biases_norms_positions_and_mask_tokens(tmp_path):
     names = {id(p): n for n, p in model.named_parameters()}
     assert all(p.ndim >= 2 for p in decay["params"])
     nd = {names[id(p)] for p in no_decay["params"]}
-    assert "predictor.mask_tokens.0" in nd and "encoder.norm.weight" in nd and "encoder.blocks.0.attn.qkv.bias" in nd
+    assert (
+        "predictor.mask_tokens.0" in nd
+        and "encoder.norm.weight" in nd
+        and "encoder.blocks.0.attn.qkv.bias" in nd
+    )
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
@@ -127,8 +148,16 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     train(load_config(REPO / "configs" / "quickstart.yaml", [*args, f"train.out_dir={tmp_path / 'a'}"]))
 
     run_b = tmp_path / "b"
-    cmd = [sys.executable, "-m", "vjepa", "train", "--config", str(REPO / "configs" / "quickstart.yaml"), *args,
-           f"train.out_dir={run_b}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vjepa",
+        "train",
+        "--config",
+        str(REPO / "configs" / "quickstart.yaml"),
+        *args,
+        f"train.out_dir={run_b}",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -200,7 +229,9 @@ def test_run_folder_has_config_env_logs_and_tensorboard(tmp_path):
     assert again["start_step"] == 3 and again["losses"] == []
 
 
-@pytest.mark.parametrize("recipe", sorted((REPO / "configs" / "pretrain").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "recipe", sorted((REPO / "configs" / "pretrain").glob("*.yaml")), ids=lambda p: p.stem
+)
 def test_pretrain_recipes_load(recipe):
     cfg = load_config(recipe, ["data.sources=[{path: /data/shards}]"])
     assert cfg.model.name in ("vit_large", "vit_huge", "vit_giant")

@@ -68,7 +68,9 @@ class TrainConfig:
 class DistConfig:
     backend: str = "single"  # single | ddp | deepspeed
     zero_stage: int = 2
-    deepspeed: dict[str, Any] = field(default_factory=dict)  # raw DeepSpeed keys merged over the derived config
+    deepspeed: dict[str, Any] = field(
+        default_factory=dict
+    )  # raw DeepSpeed keys merged over the derived config
 
 
 @dataclass

@@ -38,7 +38,11 @@ def target_features(target_encoder: nn.Module, clips: torch.Tensor) -> torch.Ten
 
 
 def jepa_loss(
-    encoder: nn.Module, predictor: nn.Module, targets: torch.Tensor, clips: torch.Tensor, masks: list[MaskBatch]
+    encoder: nn.Module,
+    predictor: nn.Module,
+    targets: torch.Tensor,
+    clips: torch.Tensor,
+    masks: list[MaskBatch],
 ) -> JepaOutput:
     """clips [B, C, T, H, W] float (normalised); targets [B, N, D] from `target_features`; one MaskBatch per
     mask configuration (its position selects the predictor's mask token)."""
@@ -49,8 +53,12 @@ def jepa_loss(
     for k, m in enumerate(masks):
         z = encoder(clips, m.context_idx, m.context_valid)  # [B, Kc, D]
         pred = predictor(
-            z, context_idx=m.context_idx, context_valid=m.context_valid, target_idx=m.target_idx,
-            target_valid=m.target_valid, mask_index=k,
+            z,
+            context_idx=m.context_idx,
+            context_valid=m.context_valid,
+            target_idx=m.target_idx,
+            target_valid=m.target_valid,
+            mask_index=k,
         )  # [B, Kt, D]
         target = gather_tokens(h, m.target_idx)  # [B, Kt, D]
         err = (pred.float() - target.float()).abs().mean(dim=-1)  # [B, Kt]

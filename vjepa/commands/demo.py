@@ -37,8 +37,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(
         repo / "configs" / "quickstart.yaml",
         [
-            "data.dataset=files", f"data.sources=[{{path: '{data_dir / 'train'}'}}]",
-            f"train.steps={args.steps}", f"train.out_dir={out / 'run'}", "log.progress=true",
+            "data.dataset=files",
+            f"data.sources=[{{path: '{data_dir / 'train'}'}}]",
+            f"train.steps={args.steps}",
+            f"train.out_dir={out / 'run'}",
+            "log.progress=true",
             *args.overrides,
         ],
     )
@@ -46,10 +49,15 @@ def run(args: argparse.Namespace) -> int:
     summary = train(cfg)
     t2 = time.perf_counter()
     report = {
-        "dataset": str(data_dir), "videos": data_summary.get("train", data_summary),
-        "model": cfg.model.name, "steps": cfg.train.steps, "resumed_from_step": summary["start_step"],
-        "first_loss": summary["first_loss"], "last_loss": summary["last_loss"],
-        "skipped_steps": summary["skipped_steps"], "run_dir": summary["run_dir"],
+        "dataset": str(data_dir),
+        "videos": data_summary.get("train", data_summary),
+        "model": cfg.model.name,
+        "steps": cfg.train.steps,
+        "resumed_from_step": summary["start_step"],
+        "first_loss": summary["first_loss"],
+        "last_loss": summary["last_loss"],
+        "skipped_steps": summary["skipped_steps"],
+        "run_dir": summary["run_dir"],
         "seconds": {"synth": round(t1 - t0, 1), "train": round(t2 - t1, 1)},
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))

@@ -14,7 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Writes {encoder, predictor, target_encoder, config} as one torch file. DIR may be a "
         "checkpoint step folder, a run's checkpoints/ folder or the run folder (newest complete checkpoint).",
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint step folder, checkpoints/ folder or run folder")
+    p.add_argument(
+        "--checkpoint", required=True, help="checkpoint step folder, checkpoints/ folder or run folder"
+    )
     p.add_argument("--out", required=True, help="output file, e.g. runs/x/model_export.pt")
     p.set_defaults(func=run)
 

@@ -27,6 +27,6 @@ def run(args: argparse.Namespace) -> int:
     from vjepa.train.trainer import train
 
     summary = train(cfg)
-    if summary.get("world_size", 1) == 1 or summary.get("rank", 0) == 0:
+    if summary["rank"] == 0:
         print(json.dumps({k: v for k, v in summary.items() if k != "losses"}))
     return 0

@@ -8,6 +8,7 @@ with no communication.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -20,14 +21,24 @@ from vjepa.distributed.process_group import all_true
 from vjepa.models.jepa import JepaModel
 
 
+def _no_buffer_sync() -> dict[str, bool]:
+    """The DDP argument that turns off the per-forward buffer broadcast (renamed in recent torch)."""
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
+
+
 class DDPEngine(SingleEngine):
     def __init__(self, cfg: Config, model: JepaModel, device: torch.device) -> None:
         if not dist.is_initialized():
-            raise RuntimeError("DDPEngine needs a started process group (see vjepa.distributed.process_group)")
+            raise RuntimeError(
+                "DDPEngine needs a started process group (see vjepa.distributed.process_group)"
+            )
         model = model.to(device)
         # DDP broadcasts rank 0's parameters and buffers here, so the target copied below is rank 0's too.
+        # The buffers (fixed position tables) never change, so they are not re-sent at every forward.
         wrapped = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+            model, device_ids=[device.index] if device.type == "cuda" else None, **_no_buffer_sync()
         )
         super().__init__(cfg, model, device)
         self.model = wrapped

@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO (stages 1, 2, 3) as a training engine with the same surface as SingleEngine.
+"""DeepSpeed ZeRO (stages 0-3; 1-3 shard) as a training engine with the same surface as SingleEngine.
 
 - The JepaModel (encoder + predictor) trains inside a DeepSpeed engine; the optimizer is our torch AdamW with
   our parameter groups (a config-declared DeepSpeed AdamW JIT-compiles a C++ op). lr and weight decay are
@@ -13,16 +13,14 @@
   each step); under ZeRO-3 it is partitioned like the encoder and updated shard-locally (see zero_ema.py).
 - Non-finite steps: the loss is checked before backward (trainer); after backward the global gradient norm
   (computed from each rank's gradient partition and all-reduced) decides, identically on every rank,
-  whether to step. A skipped step discards the gradients through DeepSpeed's own overflow path.
+  whether to step. A skipped step discards the gradients through ZeRO's own overflow path.
 - Checkpoints: DeepSpeed's sharded format under `<folder>/deepspeed/`, plus the target (`target.pt`, or one
   `target_rank{r}.pt` fp32 shard per rank under ZeRO-3).
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -31,6 +29,7 @@ from torch import nn
 from data_pipelines.batch import MaskBatch
 from vjepa.config import Config
 from vjepa.distributed import zero_ema
+from vjepa.distributed.deepspeed_config import deepspeed_config
 from vjepa.distributed.process_group import all_true
 from vjepa.models.jepa import JepaModel
 from vjepa.objective import JepaOutput, target_features
@@ -49,56 +48,6 @@ def _import_deepspeed():
     return deepspeed
 
 
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """`over` merged into a copy of `base`; nested mappings merge, everything else is replaced."""
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(out.get(key), dict) and isinstance(value, dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ValueError(f"dist.deepspeed.{key}: {message}")
-
-
-def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
-    """DeepSpeed's config derived from ours, with `dist.deepspeed` raw keys deep-merged on top and checked."""
-    derived: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": cfg.data.batch_size * world_size,
-        "gradient_clipping": float(cfg.optim.grad_clip or 0.0),
-        "zero_optimization": {"stage": cfg.dist.zero_stage},
-        "steps_per_print": 2**31 - 1,  # progress is logged by our trainer
-        "wall_clock_breakdown": False,
-    }
-    if cfg.train.precision == "bf16":
-        derived["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
-    ds = deep_merge(derived, cfg.dist.deepspeed)
-    _require(not ds.get("fp16", {}).get("enabled", False), "fp16", "fp16 is not supported; use train.precision")
-    _require(
-        not ds.get("bf16", {}).get("enabled", False), "bf16",
-        "DeepSpeed's bf16 mode casts the weights (and the EMA source) to bf16; train.precision=bf16 uses its "
-        "torch_autocast section and keeps fp32 weights",
-    )
-    for key in ("optimizer", "scheduler"):
-        _require(key not in ds, key, "the engine passes torch AdamW and sets lr/wd per step from optim.*")
-    _require(ds["zero_optimization"].get("stage") == cfg.dist.zero_stage, "zero_optimization.stage",
-             f"disagrees with dist.zero_stage={cfg.dist.zero_stage}")
-    _require(ds["train_micro_batch_size_per_gpu"] == cfg.data.batch_size, "train_micro_batch_size_per_gpu",
-             f"must equal data.batch_size={cfg.data.batch_size}")
-    _require(ds["gradient_accumulation_steps"] == 1, "gradient_accumulation_steps", "must be 1 (one backward per step)")
-    _require(ds["train_batch_size"] == cfg.data.batch_size * world_size, "train_batch_size",
-             f"must equal data.batch_size x world size = {cfg.data.batch_size * world_size}")
-    _require(float(ds["gradient_clipping"]) == float(cfg.optim.grad_clip or 0.0), "gradient_clipping",
-             "set optim.grad_clip instead")
-    return ds
-
-
 def _weights_for(module: nn.Module, state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
     """The parameter tensors of `state` for `module`, checked by name (position tables are ignored)."""
     expected = {n for n, _ in module.named_parameters() if not n.endswith("pos_embed")}
@@ -110,6 +59,16 @@ def _weights_for(module: nn.Module, state: dict[str, torch.Tensor], name: str) -
             f"unexpected {sorted(given - expected)}"
         )
     return {k: state[k] for k in expected}
+
+
+def skip_cpu_shm_op() -> None:
+    """On CPU, DeepSpeed's comm backend JIT-compiles a shared-memory all-reduce op when it starts (about two
+    minutes on 2 cores, and a C++ toolchain is required). Only its inference all-reduce uses that op; training
+    collectives go through torch.distributed (gloo), so the op is marked unavailable before DeepSpeed starts
+    (DeepSpeed caches its op-compatibility table in one module-level dict, so the edit persists)."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 @torch.no_grad()
@@ -125,13 +84,17 @@ class DeepSpeedEngine:
         from deepspeed.accelerator import get_accelerator
 
         if not dist.is_initialized():
-            raise RuntimeError("DeepSpeedEngine needs a started process group (see vjepa.distributed.process_group)")
+            raise RuntimeError(
+                "DeepSpeedEngine needs a started process group (see vjepa.distributed.process_group)"
+            )
         accel = get_accelerator().device_name()
         if accel != device.type:
             raise ValueError(
                 f"train.device resolves to {device.type!r} but DeepSpeed selected its {accel!r} accelerator "
                 f"(set DS_ACCELERATOR={device.type} or change train.device)"
             )
+        if accel == "cpu":
+            skip_cpu_shm_op()
         self.cfg, self.device = cfg, device
         self.stage = cfg.dist.zero_stage
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
@@ -140,7 +103,9 @@ class DeepSpeedEngine:
         broadcast_module(model)  # before the target copy; DeepSpeed would broadcast only its own module
         target = make_target(model.encoder)
         engine, optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=build_optimizer(model, cfg.optim), config=self.ds_config,
+            model=model,
+            optimizer=build_optimizer(model, cfg.optim),
+            config=self.ds_config,
             dist_init_required=False,
         )
         self.model, self.module, self.optimizer = engine, model, optimizer

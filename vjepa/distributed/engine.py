@@ -91,8 +91,11 @@ class SingleEngine:
     def load_weights(self, state: dict) -> None:
         """Encoder, predictor and target weights from a model file (a new phase: the optimizer starts
         fresh). Fixed position tables are rebuilt for this run's clip size, so the saved ones are dropped."""
-        for module, key in ((self.module.encoder, "encoder"), (self.module.predictor, "predictor"),
-                            (self.target, "target_encoder")):
+        for module, key in (
+            (self.module.encoder, "encoder"),
+            (self.module.predictor, "predictor"),
+            (self.target, "target_encoder"),
+        ):
             load_without_positions(module, state[key], key)
 
     def load(self, folder: Path) -> None:
@@ -108,7 +111,9 @@ def load_without_positions(module: nn.Module, state: dict, name: str) -> None:
     missing, unexpected = module.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("pos_embed")]
     if missing or unexpected:
-        raise ValueError(f"train.init_from: '{name}' weights do not fit: missing {missing}, unexpected {unexpected}")
+        raise ValueError(
+            f"train.init_from: '{name}' weights do not fit: missing {missing}, unexpected {unexpected}"
+        )
 
 
 def build_engine(cfg: Config, model: JepaModel, device: torch.device, env: DistEnv):

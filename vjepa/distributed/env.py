@@ -80,11 +80,15 @@ def _expand_host(expr: str, nodelist: str) -> list[str]:
             raise ValueError(f"cannot parse SLURM node list {nodelist!r}")
         return [expr]
     head, tail = expr[: match.start()], expr[match.end() :]
-    return [head + mid + rest for mid in _expand_range(match.group(1), nodelist) for rest in _expand_host(tail, nodelist)]
+    return [
+        head + mid + rest
+        for mid in _expand_range(match.group(1), nodelist)
+        for rest in _expand_host(tail, nodelist)
+    ]
 
 
 def expand_nodelist(nodelist: str) -> list[str]:
-    """All hosts of a SLURM node list, in order: 'gpu[003-005,9],cpu1' -> gpu003, gpu004, gpu005, gpu9, cpu1."""
+    """All hosts of a SLURM node list in order: 'gpu[003-005,9],cpu1' -> gpu003 gpu004 gpu005 gpu9 cpu1."""
     hosts = [h for expr in _split_top_level(nodelist.strip()) for h in _expand_host(expr, nodelist)]
     if not hosts:
         raise ValueError(f"empty SLURM node list {nodelist!r}")
@@ -131,7 +135,9 @@ def _checked(env: DistEnv) -> DistEnv:
     if not 0 <= env.rank < env.world_size:
         raise ValueError(f"{env.source}: rank {env.rank} is outside world size {env.world_size}")
     if not 0 <= env.local_rank < env.local_world_size:
-        raise ValueError(f"{env.source}: local rank {env.local_rank} is outside local world size {env.local_world_size}")
+        raise ValueError(
+            f"{env.source}: local rank {env.local_rank} is outside local world size {env.local_world_size}"
+        )
     if not 0 < env.master_port < 65536:
         raise ValueError(f"{env.source}: master port {env.master_port} is not a valid TCP port")
     return env
@@ -192,7 +198,9 @@ def read_env(environ: Mapping[str, str] | None = None) -> DistEnv:
     has_rank, has_world = "RANK" in env, "WORLD_SIZE" in env
     if has_rank != has_world:
         missing = "WORLD_SIZE" if has_rank else "RANK"
-        raise ValueError(f"torchrun-style environment without {missing}: set both RANK and WORLD_SIZE or neither")
+        raise ValueError(
+            f"torchrun-style environment without {missing}: set both RANK and WORLD_SIZE or neither"
+        )
     if has_rank:
         return _checked(_from_torchrun(env))
     world_key = _first(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "SLURM_NPROCS")

@@ -24,7 +24,7 @@ MARKER = "COMPLETE"
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder from a step folder, a `checkpoints/` folder or a run folder (newest complete one)."""
+    """The checkpoint folder for a step folder, a `checkpoints/` folder or a run folder (newest complete)."""
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"--checkpoint: no such folder {path}")
@@ -36,11 +36,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
         latest = CheckpointManager(root).latest() if root.is_dir() else None
         if latest is not None:
             return latest
-    raise ValueError(f"--checkpoint: {path} holds no checkpoint (model.pt or deepspeed/) nor a complete step folder")
+    raise ValueError(
+        f"--checkpoint: {path} holds no checkpoint (model.pt or deepspeed/) nor a complete step folder"
+    )
 
 
 def _split(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix) :]: v.detach().float().cpu().clone() for k, v in state.items() if k.startswith(prefix)}
+    return {
+        k[len(prefix) :]: v.detach().float().cpu().clone() for k, v in state.items() if k.startswith(prefix)
+    }
 
 
 def _deepspeed_model_state(folder: Path) -> dict[str, torch.Tensor]:

@@ -32,8 +32,12 @@ def export_torchrun_env(env: DistEnv) -> None:
     DeepSpeed and `init_method="env://"` read torchrun's variables only; under a bare `srun` they come from
     SLURM's, so they are mapped here (at run time, never at import)."""
     values = {
-        "RANK": env.rank, "WORLD_SIZE": env.world_size, "LOCAL_RANK": env.local_rank,
-        "LOCAL_WORLD_SIZE": env.local_world_size, "MASTER_ADDR": env.master_addr, "MASTER_PORT": env.master_port,
+        "RANK": env.rank,
+        "WORLD_SIZE": env.world_size,
+        "LOCAL_RANK": env.local_rank,
+        "LOCAL_WORLD_SIZE": env.local_world_size,
+        "MASTER_ADDR": env.master_addr,
+        "MASTER_PORT": env.master_port,
     }
     for key, value in values.items():
         os.environ.setdefault(key, str(value))
@@ -49,8 +53,8 @@ def start_process_group(env: DistEnv, device: torch.device, *, timeout: timedelt
     if dist.is_initialized():
         if dist.get_world_size() != env.world_size or dist.get_rank() != env.rank:
             raise RuntimeError(
-                f"a process group already exists with rank {dist.get_rank()} of {dist.get_world_size()}, but the "
-                f"launcher ({env.source}) says rank {env.rank} of {env.world_size}"
+                f"a process group already exists with rank {dist.get_rank()} of {dist.get_world_size()}, "
+                f"but the launcher ({env.source}) says rank {env.rank} of {env.world_size}"
             )
         return False
     export_torchrun_env(env)

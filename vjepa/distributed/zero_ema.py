@@ -53,7 +53,7 @@ def _pairs(target: nn.Module, online: nn.Module) -> Iterator[tuple[str, nn.Param
 
 @torch.no_grad()
 def zero3_ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """target <- momentum * target + (1 - momentum) * online on this rank's shards, in fp32, no communication."""
+    """target <- momentum * target + (1 - momentum) * online on this rank's shards: fp32, no communication."""
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
     from deepspeed.utils import safe_get_local_fp32_param
 
@@ -65,8 +65,8 @@ def zero3_ema_update(target: nn.Module, online: nn.Module, momentum: float) -> N
         shard = t.ds_tensor.data
         if shard.dtype != torch.float32 or master.numel() != shard.numel():
             raise AssertionError(
-                f"{name}: target shard {tuple(shard.shape)} {shard.dtype} does not match the online fp32 master "
-                f"slice {tuple(master.shape)}; the target must be partitioned like the encoder, in fp32"
+                f"{name}: target shard {tuple(shard.shape)} {shard.dtype} does not match the online fp32 "
+                f"master slice {tuple(master.shape)}; the target must be partitioned like the encoder"
             )
         shards.append(shard)
         masters.append(master.view_as(shard))
@@ -94,7 +94,9 @@ def save_shard(target: nn.Module, folder: Path, rank: int, world_size: int) -> N
 def load_shard(target: nn.Module, folder: Path, rank: int, world_size: int) -> None:
     path = Path(folder) / SHARD_FILE.format(rank=rank)
     if not path.is_file():
-        raise ValueError(f"{path}: missing ZeRO-3 target shard (was the checkpoint written with dist.zero_stage=3?)")
+        raise ValueError(
+            f"{path}: missing ZeRO-3 target shard (was the checkpoint written with dist.zero_stage=3?)"
+        )
     state = torch.load(path, map_location="cpu", weights_only=False)
     if state["world_size"] != world_size:
         raise ValueError(

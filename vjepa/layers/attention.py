@@ -52,7 +52,11 @@ def _xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_v
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_valid: torch.Tensor | None = None,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    key_valid: torch.Tensor | None = None,
     backend: str = "sdpa",
 ) -> torch.Tensor:
     """softmax(q k^T / sqrt(hd)) v for q, k, v [B, H, K, hd]; padded keys masked out -> [B, H, K, hd]."""
@@ -67,8 +71,14 @@ class Attention(nn.Module):
     """Fused-qkv multi-head self-attention (rows of qkv ordered q|k|v, as in the released checkpoints)."""
 
     def __init__(
-        self, dim: int, heads: int, *, backend: str = "sdpa", rope: bool = False,
-        device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+        self,
+        dim: int,
+        heads: int,
+        *,
+        backend: str = "sdpa",
+        rope: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if dim % heads:

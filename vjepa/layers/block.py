@@ -21,8 +21,15 @@ class Mlp(nn.Module):
 
 class Block(nn.Module):
     def __init__(
-        self, dim: int, heads: int, mlp_hidden: int, *, backend: str = "sdpa", rope: bool = False,
-        device=None, dtype=None,
+        self,
+        dim: int,
+        heads: int,
+        mlp_hidden: int,
+        *,
+        backend: str = "sdpa",
+        rope: bool = False,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6, device=device, dtype=dtype)

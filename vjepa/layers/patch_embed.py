@@ -7,12 +7,18 @@ from torch import nn
 
 
 class TubeletEmbed(nn.Module):
-    def __init__(self, dim: int, *, patch: int = 16, tubelet: int = 2, in_chans: int = 3, device=None, dtype=None):
+    def __init__(
+        self, dim: int, *, patch: int = 16, tubelet: int = 2, in_chans: int = 3, device=None, dtype=None
+    ):
         super().__init__()
         self.patch, self.tubelet = patch, tubelet
         self.proj = nn.Conv3d(
-            in_chans, dim, kernel_size=(tubelet, patch, patch), stride=(tubelet, patch, patch),
-            device=device, dtype=dtype,
+            in_chans,
+            dim,
+            kernel_size=(tubelet, patch, patch),
+            stride=(tubelet, patch, patch),
+            device=device,
+            dtype=dtype,
         )
 
     def grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:

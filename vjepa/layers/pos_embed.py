@@ -24,7 +24,9 @@ def grid_coords(grid: tuple[int, int, int], device: torch.device | str | None = 
     """Integer (t, h, w) coordinates of every token in time-major order -> [N, 3] int64."""
     tp, hp, wp = grid
     t, h, w = torch.meshgrid(
-        torch.arange(tp, device=device), torch.arange(hp, device=device), torch.arange(wp, device=device),
+        torch.arange(tp, device=device),
+        torch.arange(hp, device=device),
+        torch.arange(wp, device=device),
         indexing="ij",
     )
     return torch.stack([t.flatten(), h.flatten(), w.flatten()], dim=1)

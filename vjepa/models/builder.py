@@ -59,8 +59,15 @@ def materialize(model: nn.Module, device: torch.device | str | None) -> nn.Modul
 
 
 def build_encoder(
-    name: str, *, frames: int, crop: int | tuple[int, int], patch: int = 16, tubelet: int = 2,
-    pos_embed: str = "sincos", attention: str = "sdpa", grad_ckpt: bool = False,
+    name: str,
+    *,
+    frames: int,
+    crop: int | tuple[int, int],
+    patch: int = 16,
+    tubelet: int = 2,
+    pos_embed: str = "sincos",
+    attention: str = "sdpa",
+    grad_ckpt: bool = False,
     device: torch.device | str | None = None,
 ) -> VisionTransformer3D:
     """A 3D-patch ViT encoder of a registered size for clips of `frames` x `crop` (int or (h, w))."""
@@ -68,22 +75,48 @@ def build_encoder(
     grid = token_grid(frames=frames, crop=crop, patch=patch, tubelet=tubelet)
     with torch.device("meta"):
         model = VisionTransformer3D(
-            width=size.width, depth=size.depth, heads=size.heads, mlp_hidden=size.mlp_hidden, grid=grid,
-            patch=patch, tubelet=tubelet, pos_embed=pos_embed, attention=attention, grad_ckpt=grad_ckpt,
+            width=size.width,
+            depth=size.depth,
+            heads=size.heads,
+            mlp_hidden=size.mlp_hidden,
+            grid=grid,
+            patch=patch,
+            tubelet=tubelet,
+            pos_embed=pos_embed,
+            attention=attention,
+            grad_ckpt=grad_ckpt,
         )
     return materialize(model, device)
 
 
 def build_predictor(
-    *, embed_dim: int, frames: int, crop: int | tuple[int, int], patch: int = 16, tubelet: int = 2,
-    width: int = 384, depth: int = 12, heads: int = 16, num_mask_tokens: int = 2, pos_embed: str = "sincos",
-    attention: str = "sdpa", grad_ckpt: bool = False, device: torch.device | str | None = None,
+    *,
+    embed_dim: int,
+    frames: int,
+    crop: int | tuple[int, int],
+    patch: int = 16,
+    tubelet: int = 2,
+    width: int = 384,
+    depth: int = 12,
+    heads: int = 16,
+    num_mask_tokens: int = 2,
+    pos_embed: str = "sincos",
+    attention: str = "sdpa",
+    grad_ckpt: bool = False,
+    device: torch.device | str | None = None,
 ) -> Predictor:
     """The narrow predictor for an encoder of width `embed_dim`, one mask token per mask configuration."""
     grid = token_grid(frames=frames, crop=crop, patch=patch, tubelet=tubelet)
     with torch.device("meta"):
         model = Predictor(
-            embed_dim=embed_dim, width=width, depth=depth, heads=heads, grid=grid,
-            num_mask_tokens=num_mask_tokens, pos_embed=pos_embed, attention=attention, grad_ckpt=grad_ckpt,
+            embed_dim=embed_dim,
+            width=width,
+            depth=depth,
+            heads=heads,
+            grid=grid,
+            num_mask_tokens=num_mask_tokens,
+            pos_embed=pos_embed,
+            attention=attention,
+            grad_ckpt=grad_ckpt,
         )
     return materialize(model, device)

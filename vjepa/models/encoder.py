@@ -17,7 +17,10 @@ from vjepa.models.tokens import gather_tokens, token_coords
 
 
 def run_blocks(
-    blocks: nn.ModuleList, x: torch.Tensor, valid: torch.Tensor | None, coords: torch.Tensor | None,
+    blocks: nn.ModuleList,
+    x: torch.Tensor,
+    valid: torch.Tensor | None,
+    coords: torch.Tensor | None,
     grad_ckpt: bool,
 ) -> torch.Tensor:
     for block in blocks:
@@ -30,9 +33,20 @@ def run_blocks(
 
 class VisionTransformer3D(nn.Module):
     def __init__(
-        self, *, width: int, depth: int, heads: int, mlp_hidden: int, grid: tuple[int, int, int],
-        patch: int = 16, tubelet: int = 2, pos_embed: str = "sincos", attention: str = "sdpa",
-        grad_ckpt: bool = False, device=None, dtype=None,
+        self,
+        *,
+        width: int,
+        depth: int,
+        heads: int,
+        mlp_hidden: int,
+        grid: tuple[int, int, int],
+        patch: int = 16,
+        tubelet: int = 2,
+        pos_embed: str = "sincos",
+        attention: str = "sdpa",
+        grad_ckpt: bool = False,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         if pos_embed not in ("sincos", "rope"):
@@ -62,7 +76,9 @@ class VisionTransformer3D(nn.Module):
         return table.permute(0, 2, 3, 4, 1).flatten(1, 3).to(self.pos_embed.dtype)
 
     def forward(
-        self, clips: torch.Tensor, context_idx: torch.Tensor | None = None,
+        self,
+        clips: torch.Tensor,
+        context_idx: torch.Tensor | None = None,
         context_valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """clips [B, C, T, H, W] -> [B, N, D], or [B, K, D] at `context_idx` [B, K] (padding rows are junk)."""

@@ -18,9 +18,20 @@ from vjepa.models.tokens import gather_tokens, token_coords
 
 class Predictor(nn.Module):
     def __init__(
-        self, *, embed_dim: int, width: int, depth: int, heads: int, grid: tuple[int, int, int],
-        num_mask_tokens: int = 2, mlp_ratio: float = 4.0, pos_embed: str = "sincos", attention: str = "sdpa",
-        grad_ckpt: bool = False, device=None, dtype=None,
+        self,
+        *,
+        embed_dim: int,
+        width: int,
+        depth: int,
+        heads: int,
+        grid: tuple[int, int, int],
+        num_mask_tokens: int = 2,
+        mlp_ratio: float = 4.0,
+        pos_embed: str = "sincos",
+        attention: str = "sdpa",
+        grad_ckpt: bool = False,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         self.width, self.grid, self.grad_ckpt = width, tuple(grid), grad_ckpt
@@ -33,8 +44,15 @@ class Predictor(nn.Module):
             n = grid[0] * grid[1] * grid[2]
             self.register_buffer("predictor_pos_embed", torch.zeros(1, n, width, device=device, dtype=dtype))
         self.predictor_blocks = nn.ModuleList(
-            Block(width, heads, int(width * mlp_ratio), backend=attention, rope=self.use_rope, device=device,
-                  dtype=dtype)
+            Block(
+                width,
+                heads,
+                int(width * mlp_ratio),
+                backend=attention,
+                rope=self.use_rope,
+                device=device,
+                dtype=dtype,
+            )
             for _ in range(depth)
         )
         self.predictor_norm = nn.LayerNorm(width, eps=1e-6, device=device, dtype=dtype)
@@ -45,8 +63,14 @@ class Predictor(nn.Module):
             self.predictor_pos_embed.copy_(sincos_3d(self.width, self.grid)[None])
 
     def forward(
-        self, context: torch.Tensor, *, context_idx: torch.Tensor, context_valid: torch.Tensor | None,
-        target_idx: torch.Tensor, target_valid: torch.Tensor | None, mask_index: int = 0,
+        self,
+        context: torch.Tensor,
+        *,
+        context_idx: torch.Tensor,
+        context_valid: torch.Tensor | None,
+        target_idx: torch.Tensor,
+        target_valid: torch.Tensor | None,
+        mask_index: int = 0,
     ) -> torch.Tensor:
         """context [B, Kc, D] (encoder output at context_idx) -> predictions [B, Kt, D] at target_idx."""
         if not 0 <= mask_index < len(self.mask_tokens):

@@ -55,7 +55,12 @@ class CheckpointManager:
     """Saves and finds checkpoints under `root`. `barrier` synchronises ranks in distributed runs."""
 
     def __init__(
-        self, root: str | Path, *, keep_last: int = 2, rank: int = 0, barrier: Callable[[], None] = lambda: None
+        self,
+        root: str | Path,
+        *,
+        keep_last: int = 2,
+        rank: int = 0,
+        barrier: Callable[[], None] = lambda: None,
     ) -> None:
         self.root, self.keep_last, self.rank, self.barrier = Path(root), keep_last, rank, barrier
 
@@ -70,7 +75,9 @@ class CheckpointManager:
             path = self.root / pointer.read_text().strip()
             if (path / MARKER).is_file():
                 return path
-        complete = sorted(p for p in self.root.glob("step_*") if (p / MARKER).is_file() and p.suffix != ".tmp")
+        complete = sorted(
+            p for p in self.root.glob("step_*") if (p / MARKER).is_file() and p.suffix != ".tmp"
+        )
         return complete[-1] if complete else None
 
     def save(self, step: int, write: Callable[[Path], None]) -> Path:

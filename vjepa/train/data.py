@@ -32,7 +32,9 @@ class InMemorySynthetic:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("kind") != "synthetic":
-            raise ValueError(f"checkpoint data position is for {state.get('kind')!r}, this run uses 'synthetic'")
+            raise ValueError(
+                f"checkpoint data position is for {state.get('kind')!r}, this run uses 'synthetic'"
+            )
         self.position = int(state["position"])
 
     def make_batch(self, index: int) -> VideoBatch:

@@ -35,13 +35,18 @@ class RunLogger:
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(
-                loss=f"{scalars['loss']:.4f}", lr=f"{scalars['lr']:.2e}",
-                clips_s=f"{scalars['clips_per_s']:.1f}", wait=f"{scalars['data_wait']:.0%}", refresh=False,
+                loss=f"{scalars['loss']:.4f}",
+                lr=f"{scalars['lr']:.2e}",
+                clips_s=f"{scalars['clips_per_s']:.1f}",
+                wait=f"{scalars['data_wait']:.0%}",
+                refresh=False,
             )
         if step % self.cfg.every_steps:
             return
         if self.jsonl is not None:
-            clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in scalars.items()}
+            clean = {
+                k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in scalars.items()
+            }
             self.jsonl.write(json.dumps({"step": step, **clean}) + "\n")
             self.jsonl.flush()
         if self.tb is not None:

@@ -62,5 +62,7 @@ def momentum_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
 
 def values_at(step: int, cfg: OptimConfig, total_steps: int) -> StepValues:
     return StepValues(
-        lr_at(step, cfg, total_steps), weight_decay_at(step, cfg, total_steps), momentum_at(step, cfg, total_steps)
+        lr_at(step, cfg, total_steps),
+        weight_decay_at(step, cfg, total_steps),
+        momentum_at(step, cfg, total_steps),
     )

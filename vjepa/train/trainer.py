@@ -83,28 +83,45 @@ def train_step(engine, batch: VideoBatch, step: int, cfg: Config, device: torch.
     grad_norm, applied = engine.step(values.lr, values.weight_decay)
     if applied:
         engine.ema(values.momentum)
-    return StepResult(float(out.loss.detach()), out.loss_per_mask, grad_norm, applied, out.target_std,
-                      out.pred_std)
+    return StepResult(
+        float(out.loss.detach()), out.loss_per_mask, grad_norm, applied, out.target_std, out.pred_std
+    )
 
 
 def environment_info(env: DistEnv) -> dict:
     import vjepa
 
     return {
-        "vjepa": vjepa.__version__, "torch": torch.__version__, "python": platform.python_version(),
-        "world_size": env.world_size, "launcher": env.source, "host": platform.node(),
+        "vjepa": vjepa.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "world_size": env.world_size,
+        "launcher": env.source,
+        "host": platform.node(),
         "cuda": torch.cuda.is_available(),
     }
 
 
 def build_models(cfg: Config, device: torch.device) -> JepaModel:
     m, d = cfg.model, cfg.data
-    common = dict(frames=d.frames_per_clip, crop=d.crop_size, patch=m.patch_size, tubelet=m.tubelet_size,
-                  pos_embed=m.pos_embed, attention=m.attention, grad_ckpt=m.activation_checkpointing)
+    common = dict(
+        frames=d.frames_per_clip,
+        crop=d.crop_size,
+        patch=m.patch_size,
+        tubelet=m.tubelet_size,
+        pos_embed=m.pos_embed,
+        attention=m.attention,
+        grad_ckpt=m.activation_checkpointing,
+    )
     encoder = build_encoder(m.name, device=device, **common)
     predictor = build_predictor(
-        embed_dim=encoder.width, width=m.pred_width, depth=m.pred_depth, heads=m.pred_heads,
-        num_mask_tokens=len(cfg.mask), device=device, **common,
+        embed_dim=encoder.width,
+        width=m.pred_width,
+        depth=m.pred_depth,
+        heads=m.pred_heads,
+        num_mask_tokens=len(cfg.mask),
+        device=device,
+        **common,
     )
     return JepaModel(encoder, predictor)
 
@@ -112,9 +129,12 @@ def build_models(cfg: Config, device: torch.device) -> JepaModel:
 def train(cfg: Config) -> dict:
     """Runs (or resumes) pretraining as configured; returns a summary of what happened."""
     from vjepa.distributed.engine import build_engine
+    from vjepa.distributed.process_group import start_process_group, stop_process_group
 
     env = read_env()
     device = resolve_device(cfg.train.device, env.local_rank)
+    # ddp/deepspeed run in a process group (raises if it cannot start); torn down below if started here
+    owns_group = cfg.dist.backend != "single" and start_process_group(env, device)
     torch.manual_seed(cfg.train.seed + env.rank)
     run_dir = Path(cfg.train.out_dir)
     engine = build_engine(cfg, build_models(cfg, device), device, env)
@@ -122,10 +142,15 @@ def train(cfg: Config) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         (run_dir / "env.json").write_text(json.dumps(environment_info(env), indent=2))
-    ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last, rank=env.rank,
-                              barrier=engine.barrier)
-    grid = token_grid(frames=cfg.data.frames_per_clip, crop=cfg.data.crop_size, patch=cfg.model.patch_size,
-                      tubelet=cfg.model.tubelet_size)
+    ckpts = CheckpointManager(
+        run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last, rank=env.rank, barrier=engine.barrier
+    )
+    grid = token_grid(
+        frames=cfg.data.frames_per_clip,
+        crop=cfg.data.crop_size,
+        patch=cfg.model.patch_size,
+        tubelet=cfg.model.tubelet_size,
+    )
     data = build_train_data(cfg, grid=grid, rank=env.rank, world_size=env.world_size)
     start = 0
     latest = ckpts.latest() if cfg.checkpoint.resume else None
@@ -142,8 +167,10 @@ def train(cfg: Config) -> dict:
     def save(step: int) -> None:
         def write(folder: Path) -> None:
             engine.save(folder, env.rank)
-            torch.save({"step": step, "data": data.state_dict(), "rng": rng_state()},
-                       folder / f"trainer_rank{env.rank}.pt")
+            torch.save(
+                {"step": step, "data": data.state_dict(), "rng": rng_state()},
+                folder / f"trainer_rank{env.rank}.pt",
+            )
             if env.is_main:
                 save_config(cfg, folder / "config.yaml")
 
@@ -163,18 +190,28 @@ def train(cfg: Config) -> dict:
                 bad_in_a_row = 0
             else:
                 bad_in_a_row, skipped = bad_in_a_row + 1, skipped + 1
-                log.warning("step %d: non-finite loss or gradients; update skipped (%d in a row)", step,
-                            bad_in_a_row)
+                log.warning(
+                    "step %d: non-finite loss or gradients; update skipped (%d in a row)", step, bad_in_a_row
+                )
             losses.append(result.loss)
             values = values_at(step, cfg.optim, cfg.train.steps)
             clips = batch.clips.shape[0] * env.world_size
-            logger.log(step, {
-                "loss": result.loss, **{f"loss_mask{k}": v for k, v in enumerate(result.loss_per_mask)},
-                "lr": values.lr, "weight_decay": values.weight_decay, "momentum": values.momentum,
-                "grad_norm": result.grad_norm, "target_std": result.target_std, "pred_std": result.pred_std,
-                "clips_per_s": clips / max(t2 - t0, 1e-9), "data_wait": (t1 - t0) / max(t2 - t0, 1e-9),
-                "skipped_steps": skipped,
-            })
+            logger.log(
+                step,
+                {
+                    "loss": result.loss,
+                    **{f"loss_mask{k}": v for k, v in enumerate(result.loss_per_mask)},
+                    "lr": values.lr,
+                    "weight_decay": values.weight_decay,
+                    "momentum": values.momentum,
+                    "grad_norm": result.grad_norm,
+                    "target_std": result.target_std,
+                    "pred_std": result.pred_std,
+                    "clips_per_s": clips / max(t2 - t0, 1e-9),
+                    "data_wait": (t1 - t0) / max(t2 - t0, 1e-9),
+                    "skipped_steps": skipped,
+                },
+            )
             if bad_in_a_row >= cfg.train.max_bad_steps:
                 raise RuntimeError(
                     f"{bad_in_a_row} consecutive non-finite steps (train.max_bad_steps="
@@ -186,10 +223,22 @@ def train(cfg: Config) -> dict:
                 save(done)
     finally:
         logger.close()
+        engine.close()
+        if owns_group:
+            stop_process_group()
     finite = [x for x in losses if math.isfinite(x)]
-    return {"start_step": start, "steps": cfg.train.steps, "losses": losses, "skipped_steps": skipped,
-            "first_loss": finite[0] if finite else None, "last_loss": finite[-1] if finite else None,
-            "run_dir": str(run_dir), "world_size": env.world_size, "pid": os.getpid()}
+    return {
+        "start_step": start,
+        "steps": cfg.train.steps,
+        "losses": losses,
+        "skipped_steps": skipped,
+        "first_loss": finite[0] if finite else None,
+        "last_loss": finite[-1] if finite else None,
+        "run_dir": str(run_dir),
+        "world_size": env.world_size,
+        "rank": env.rank,
+        "pid": os.getpid(),
+    }
 
 
 def restore(engine, data, folder: Path, rank: int) -> int:
