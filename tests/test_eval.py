@@ -1,0 +1,275 @@
+"""Evaluation: deterministic eval clips, feature extraction from our checkpoints, probes that can both
+succeed and fail, multi-view averaging, the extract/probe commands and the baselines suite."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data_pipelines.synthetic import write_synthetic_dataset
+from vjepa.cli import main
+from vjepa.config import load_config
+from vjepa.distributed.export import export_checkpoint
+from vjepa.eval.baselines import PixelTokens, run_probe_suite, single_frame
+from vjepa.eval.data import EvalClipSpec, iter_eval_videos, segment_indices, spatial_views
+from vjepa.eval.evaluate import ProbeConfig, multiview_predict, train_probe
+from vjepa.eval.extract import (
+    FeatureSet,
+    extract_split,
+    load_checkpoint_state,
+    load_encoder,
+    load_features,
+    save_features,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "model.name=vit_test",
+    "model.pred_width=32",
+    "model.pred_depth=1",
+    "model.pred_heads=4",
+    "data.dataset=synthetic",
+    "data.frames_per_clip=4",
+    "data.frame_step=2",
+    "data.crop_size=32",
+    "data.batch_size=2",
+    "train.precision=fp32",
+    "train.device=cpu",
+    "train.steps=2",
+    "checkpoint.every_steps=2",
+    "log.progress=false",
+    "log.tensorboard=false",
+    "log.jsonl=false",
+]
+TOKENS = (4 // 2) * (32 // 16) ** 2  # tubelet 2, patch 16 on 4 x 32 x 32 clips
+WIDTH = 48  # vit_test
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("eval_data")
+    write_synthetic_dataset(out, videos=24, val_videos=8, classes=4, frames=8, size=32, seed=0, workers=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real two-step training run of vit_test; its checkpoint is what extraction loads."""
+    from vjepa.train.trainer import train
+
+    out = tmp_path_factory.mktemp("eval_run")
+    train(load_config(REPO / "configs" / "quickstart.yaml", [*TINY, f"train.out_dir={out}"]))
+    return out
+
+
+def tar_labels(folder: Path) -> dict[str, int]:
+    """{shard/key: label} read straight from the shards' KEY.json members."""
+    labels = {}
+    for shard in sorted(folder.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for info in tar:
+                if info.name.endswith(".json"):
+                    key = f"{shard.name.removesuffix('.tar')}/{info.name.removesuffix('.json')}"
+                    labels[key] = json.loads(tar.extractfile(info).read())["label"]
+    return labels
+
+
+def planted(videos: int, *, classes: int = 4, views: int = 2, tokens: int = 4, dim: int = 16, seed: int = 0):
+    """Noise features where dimension `label` of every token is raised by 2: a probe can find the class."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(videos) % classes
+    x = torch.randn(videos, views, tokens, dim, generator=gen)
+    x[torch.arange(videos), :, :, labels] += 2.0
+    return FeatureSet(x.half(), labels, [f"v{i}" for i in range(videos)], {"num_classes": classes})
+
+
+# ----------------------------------------------------------------------------- eval clips
+
+
+def test_segment_indices_are_centred_and_pad_short_videos():
+    one = segment_indices(20, frames=4, frame_step=2, segments=1)  # span 7, slack 13 -> start 6
+    np.testing.assert_array_equal(one, [[6, 8, 10, 12]])
+    two = segment_indices(20, frames=4, frame_step=2, segments=2)  # starts floor(3.25), floor(9.75)
+    np.testing.assert_array_equal(two, [[3, 5, 7, 9], [9, 11, 13, 15]])
+    np.testing.assert_array_equal(segment_indices(3, frames=4, frame_step=2, segments=1), [[0, 2, 2, 2]])
+
+
+def test_spatial_views_cover_the_long_side():
+    frames = torch.arange(2 * 32 * 64 * 3, dtype=torch.int64).remainder(251).to(torch.uint8)
+    frames = frames.view(2, 32, 64, 3)  # [T, H, W, 3], wide
+    three = spatial_views(frames, crop=32, views=3)
+    assert three.shape == (3, 3, 2, 32, 32)
+    for view, left in zip(three, (0, 16, 32)):
+        assert torch.equal(view, frames[:, :, left : left + 32].permute(3, 0, 1, 2))
+    center = spatial_views(frames.transpose(1, 2).contiguous(), crop=32, views=1)  # tall: crop in height
+    assert torch.equal(center[0], frames.transpose(1, 2)[:, 16:48].permute(3, 0, 1, 2))
+    assert spatial_views(frames, crop=16, views=1).shape == (1, 3, 2, 16, 16)  # resized, then cropped
+
+
+# ----------------------------------------------------------------------------- extraction
+
+
+def test_extract_command_shapes_labels_and_determinism(dataset, run_dir, tmp_path, capsys):
+    outs = []
+    for name in ("a", "b"):
+        argv = [
+            "extract",
+            "--checkpoint",
+            str(run_dir),
+            "--data",
+            str(dataset),
+            "--out",
+            str(tmp_path / name),
+        ]
+        assert main([*argv, "--batch", "5"]) == 0
+        outs.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert outs[0]["videos"] == {"train": 24, "val": 8} and outs[0]["skipped"] == {"train": 0, "val": 0}
+    assert outs[0]["shape"]["train"] == [24, 1, TOKENS, WIDTH] and outs[0]["frames"] == 4
+    for split in ("train", "val"):
+        a, b = load_features(tmp_path / "a" / f"{split}.pt"), load_features(tmp_path / "b" / f"{split}.pt")
+        assert a.tokens.dtype == torch.float16 and torch.isfinite(a.tokens.float()).all()
+        assert torch.equal(a.tokens, b.tokens) and a.keys == b.keys
+        truth = tar_labels(dataset / split)
+        assert sorted(a.keys) == sorted(truth)
+        assert a.labels.tolist() == [truth[k] for k in a.keys]
+        assert a.meta["num_classes"] == 4 and a.meta["encoder"] == "target"
+
+
+def test_multiview_shapes_and_views(dataset, run_dir):
+    state = load_checkpoint_state(run_dir)
+    encoder = load_encoder(state, frames=4, crop=32)
+    spec = EvalClipSpec(frames=4, frame_step=1, crop=32, segments=2, views=3)
+    feats = extract_split(encoder, dataset / "val", spec, batch=4)
+    assert feats.tokens.shape == (8, 6, TOKENS, WIDTH)
+    # square videos: the three crops coincide; the two segments (frames 1-4, 3-6) do not
+    assert torch.equal(feats.tokens[:, 0], feats.tokens[:, 2])
+    assert not torch.equal(feats.tokens[:, 0], feats.tokens[:, 3])
+    pooled = extract_split(encoder, dataset / "val", spec, batch=7, pool="mean")
+    assert pooled.tokens.shape == (8, 6, 1, WIDTH)
+    torch.testing.assert_close(
+        pooled.tokens[:, :, 0].float(), feats.tokens.float().mean(2), atol=2e-3, rtol=0
+    )
+
+
+def test_encoder_loading_new_grid_random_init_and_exported_file(run_dir, tmp_path):
+    state = load_checkpoint_state(run_dir)
+    exported = load_checkpoint_state(export_checkpoint(run_dir, tmp_path / "model.pt"))
+    trained = load_encoder(state, frames=4, crop=32)
+    from_file = load_encoder(exported, frames=4, crop=32)
+    for (name, a), b in zip(trained.state_dict().items(), from_file.state_dict().values()):
+        assert torch.equal(a, b), name
+    ref = state["target_encoder"]["blocks.0.attn.qkv.weight"]
+    assert torch.equal(trained.state_dict()["blocks.0.attn.qkv.weight"], ref)
+    bigger = load_encoder(state, frames=8, crop=48)  # another grid: the sin-cos table is rebuilt
+    assert bigger(torch.zeros(1, 3, 8, 48, 48)).shape == (1, 4 * 3 * 3, WIDTH)
+    r1 = load_encoder(state, frames=4, crop=32, random_init=True, seed=3)
+    r2 = load_encoder(state, frames=4, crop=32, random_init=True, seed=3)
+    assert torch.equal(
+        r1.state_dict()["blocks.0.attn.qkv.weight"], r2.state_dict()["blocks.0.attn.qkv.weight"]
+    )
+    assert not torch.equal(r1.state_dict()["blocks.0.attn.qkv.weight"], ref)
+
+
+def test_bad_checkpoint_paths_name_the_path(tmp_path, dataset, capsys):
+    missing = tmp_path / "no_such_run"
+    with pytest.raises(ValueError, match=str(missing)):
+        load_checkpoint_state(missing)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=str(junk)):
+        load_checkpoint_state(junk)
+    argv = ["extract", "--checkpoint", str(missing), "--data", str(dataset), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- probes
+
+
+@pytest.mark.parametrize("kind", ["attentive", "linear"])
+def test_probe_finds_planted_labels_and_fails_on_shuffled_ones(kind):
+    train, val = planted(128, seed=0), planted(128, seed=1)
+    cfg = ProbeConfig(kind=kind, epochs=20, batch=16, seed=0)  # the reference's epochs, lr and wd
+    result = train_probe(train, val, cfg)
+    assert result["top1_val"] >= 0.95 and result["num_classes"] == 4 and result["chance"] == 0.25
+    again = train_probe(train, val, cfg)
+    assert {k: v for k, v in again.items() if k != "seconds"} == {
+        k: v for k, v in result.items() if k != "seconds"
+    }
+    shuffled = FeatureSet(
+        train.tokens,
+        train.labels[torch.randperm(128, generator=torch.Generator().manual_seed(0))],
+        train.keys,
+        train.meta,
+    )
+    assert train_probe(shuffled, val, cfg)["top1_val"] <= 0.45  # chance is 0.25; 128 videos
+
+
+def test_multiview_prediction_averages_softmax():
+    class FirstDims(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean(1)[:, :3]  # [B, N, D] -> logits [B, 3]
+
+    tokens = torch.tensor([[[[9.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]], [[0.0, 1.0, 0.0]]]])  # 1 video, 3 views
+    probs = multiview_predict(FirstDims(), tokens)
+    expected = torch.softmax(tokens[0, :, 0], dim=-1).mean(0)
+    torch.testing.assert_close(probs[0], expected)
+    assert probs.argmax(-1).item() == 0  # one confident view outweighs two mild ones (softmax, not votes)
+
+
+def test_probe_command_prints_one_json_line(tmp_path, capsys):
+    save_features(planted(64, seed=0), tmp_path / "train.pt")
+    save_features(planted(32, seed=1), tmp_path / "val.pt")
+    argv = ["probe", "--train", str(tmp_path / "train.pt"), "--val", str(tmp_path / "val.pt")]
+    assert (
+        main([*argv, "--kind", "linear", "--epochs", "20", "--lr", "0.01", "--batch", "8", "--seed", "1"])
+        == 0
+    )
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert (
+        result["kind"] == "linear"
+        and result["seed"] == 1
+        and result["lr"] == 0.01
+        and result["chance"] == 0.25
+    )
+    assert result["top1_val"] >= 0.9 and result["val_views"] == 2
+    assert main(["probe", "--train", str(tmp_path / "nope.pt"), "--val", str(tmp_path / "val.pt")]) == 2
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def test_baseline_inputs():
+    clips = torch.rand(2, 3, 4, 32, 32)
+    tokens = PixelTokens(patch=16, tubelet=2, downsample=4, pos_dim=24)(clips)
+    assert tokens.shape == (2, TOKENS, 2 * 4 * 4 * 3 + 24)
+    # token 0 holds the top-left 16 x 16 pixels of frames 0-1, 4x average-pooled
+    cell = torch.nn.functional.avg_pool3d(clips[0, :, :2, :16, :16], (1, 4, 4))  # [3, 2, 4, 4]
+    torch.testing.assert_close(tokens[0, 0, :96], cell.permute(1, 2, 3, 0).flatten())
+    still = single_frame(
+        torch.arange(2 * 3 * 4, dtype=torch.uint8).view(2, 3, 4, 1, 1).expand(-1, -1, -1, 8, 8)
+    )
+    assert still.shape == (2, 3, 4, 8, 8) and (still == still[:, :, 2:3]).all()
+
+
+def test_run_probe_suite_reports_every_baseline(dataset, run_dir, tmp_path):
+    result = run_probe_suite(
+        run_dir, dataset, frames=4, crop=32, kinds=("linear",), epochs=2, out_dir=tmp_path
+    )
+    assert set(result["top1"]) == {"trained", "random_init", "single_frame", "pixels"}
+    assert all(0.0 <= r["linear"] <= 1.0 for r in result["top1"].values())
+    assert result["num_classes"] == 4 and result["train_videos"] == 24 and result["val_videos"] == 8
+    assert result["settings"]["frame_step"] == 2  # the checkpoint's data.frame_step
+    trained, random = (
+        load_features(tmp_path / "trained_val.pt"),
+        load_features(tmp_path / "random_init_val.pt"),
+    )
+    assert trained.tokens.shape == random.tokens.shape and not torch.equal(trained.tokens, random.tokens)
+    assert len(list(iter_eval_videos(dataset / "val", EvalClipSpec(frames=4, crop=32)))) == 8

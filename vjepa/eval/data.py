@@ -1,0 +1,192 @@
+"""Deterministic evaluation clips: each video gives S temporal segments x V spatial views, no augmentation.
+
+Shape legend: S segments, V spatial views, T frames per clip, H/W pixels, c crop pixels.
+
+Segments cut the range of clip starts into S equal parts and take the clip at the middle of each (one
+centred clip when S = 1). Frames are resized so the short side is `crop`, then cropped to c x c: at the
+centre (V = 1) or at the start, middle and end of the long side (V = 3). A video's clips are ordered
+segment-major: clip s * V + v is segment s, view v.
+
+Samples come from `data_pipelines.sources` (tar shards, a CSV list or a folder of videos) and are decoded
+by `data_pipelines.decode`; a sample that cannot be read or decoded is skipped and logged with its key.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from data_pipelines.bad_samples import BadSampleError
+from data_pipelines.config import SourceConfig
+from data_pipelines.decode import VideoDecoder
+from data_pipelines.sampling import union_indices
+from data_pipelines.sources import SampleEntry, SampleReader, Unit, load_sources
+
+__all__ = [
+    "EvalClipSpec",
+    "EvalVideo",
+    "EvalVideos",
+    "find_splits",
+    "iter_eval_videos",
+    "list_samples",
+    "segment_indices",
+    "spatial_views",
+]
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class EvalClipSpec:
+    """How clips are cut from every video for evaluation."""
+
+    frames: int = 16
+    frame_step: int = 4  # source frames between sampled frames
+    crop: int = 224
+    segments: int = 1
+    views: int = 1  # 1: centre crop | 3: three crops along the long side
+    decoder: str = "auto"
+    decode_timeout_s: float = 30.0
+
+    def validate(self) -> None:
+        for name in ("frames", "frame_step", "crop", "segments"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}")
+        if self.views not in (1, 3):
+            raise ValueError(
+                f"--views: must be 1 (centre crop) or 3 (crops along the long side), got {self.views}"
+            )
+
+    @property
+    def clips_per_video(self) -> int:
+        return self.segments * self.views
+
+
+@dataclass
+class EvalVideo:
+    key: str
+    label: int  # -1 when the sample carries no label
+    clips: torch.Tensor  # [S*V, 3, T, c, c] uint8, segment-major
+
+
+@dataclass
+class Skipped:
+    key: str
+    reason: str
+
+
+def segment_indices(num_frames: int, *, frames: int, frame_step: int, segments: int) -> np.ndarray:
+    """[S, T] int64 frame indices: the middle clip of each of S equal parts of the clip-start range.
+    A video shorter than one clip starts at 0 and repeats its last frame."""
+    if num_frames < 1:
+        raise BadSampleError("video has no frames")
+    span = (frames - 1) * frame_step + 1
+    slack = max(num_frames - span, 0)
+    starts = np.floor((np.arange(segments) + 0.5) * slack / segments).astype(np.int64)  # [S]
+    indices = starts[:, None] + np.arange(frames)[None, :] * frame_step  # [S, T]
+    return np.minimum(indices, num_frames - 1)
+
+
+def spatial_views(frames: np.ndarray | torch.Tensor, *, crop: int, views: int) -> torch.Tensor:
+    """Frames [T, H, W, 3] uint8 -> [V, 3, T, c, c] uint8: short side resized to `crop`, then a centre
+    crop (V = 1) or crops at the start, middle and end of the long side (V = 3)."""
+    video = torch.as_tensor(frames)
+    if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != torch.uint8:
+        raise ValueError(f"frames must be [T, H, W, 3] uint8, got {tuple(video.shape)} {video.dtype}")
+    video_tchw = video.permute(0, 3, 1, 2)  # [T, 3, H, W]
+    height, width = video_tchw.shape[-2:]
+    if min(height, width) != crop:
+        scale = crop / min(height, width)
+        size = [max(crop, round(height * scale)), max(crop, round(width * scale))]
+        video_tchw = TF.resize(video_tchw, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+        height, width = size
+    long_side = max(height, width)
+    offsets = [(long_side - crop) // 2] if views == 1 else [0, (long_side - crop) // 2, long_side - crop]
+    out = []
+    for offset in offsets:
+        top, left = (offset, (width - crop) // 2) if height >= width else ((height - crop) // 2, offset)
+        out.append(video_tchw[:, :, top : top + crop, left : left + crop].permute(1, 0, 2, 3))  # [3, T, c, c]
+    return torch.stack(out)  # [V, 3, T, c, c]
+
+
+def find_splits(data: str | Path) -> dict[str, str]:
+    """{split: path} for a dataset folder holding train/ (and val/, test/) sample folders or shards;
+    otherwise {"features": data}, one split named after the default output file."""
+    root = Path(data)
+    found = {s: str(root / s) for s in SPLITS if (root / s).is_dir() and any((root / s).iterdir())}
+    return found or {"features": str(data)}
+
+
+def list_samples(data: str | Path) -> list[tuple[Unit, SampleEntry]]:
+    """Every sample of a shard folder / glob / brace pattern, CSV list or video folder, in source order."""
+    pattern = any(c in str(data) for c in "*?[{")
+    if not pattern and not Path(data).exists():
+        raise ValueError(f"--data: {data} does not exist")
+    (source,) = load_sources([SourceConfig(path=str(data))], prefix="--data")
+    return [(unit, entry) for unit in source.units for entry in unit.samples]
+
+
+class EvalVideos(Dataset):
+    """Map-style: index -> EvalVideo, or Skipped when the sample cannot be read or decoded. Readers and
+    decoders are made lazily, so each DataLoader worker process gets its own."""
+
+    def __init__(self, samples: list[tuple[Unit, SampleEntry]], spec: EvalClipSpec) -> None:
+        spec.validate()
+        self.samples, self.spec = samples, spec
+        self._reader: SampleReader | None = None
+        self._decoder: VideoDecoder | None = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> EvalVideo | Skipped:
+        unit, entry = self.samples[index]
+        if self._reader is None:
+            self._reader = SampleReader()
+            self._decoder = VideoDecoder(self.spec.decoder, timeout_s=self.spec.decode_timeout_s)
+        s = self.spec
+        picked: list[np.ndarray] = []
+
+        def pick(num_frames: int, video_fps: float) -> np.ndarray:
+            idx = segment_indices(num_frames, frames=s.frames, frame_step=s.frame_step, segments=s.segments)
+            picked.append(idx)
+            return union_indices(idx)[0]
+
+        try:
+            raw = self._reader.read(unit, entry)
+            frames = self._decoder(raw.data, pick)  # [K, H, W, 3] distinct frames, sorted
+        except BadSampleError as err:
+            return Skipped(entry.key, str(err))
+        _, positions = union_indices(picked[0])  # [S, T] rows into the decoded frames
+        views = [spatial_views(frames[row], crop=s.crop, views=s.views) for row in positions]  # S x [V, ...]
+        return EvalVideo(entry.key, raw.label, torch.cat(views))  # [S*V, 3, T, c, c]
+
+
+def _as_is(item: EvalVideo | Skipped) -> EvalVideo | Skipped:
+    return item
+
+
+def iter_eval_videos(
+    data: str | Path, spec: EvalClipSpec, *, workers: int = 0, skipped: list[str] | None = None
+) -> Iterator[EvalVideo]:
+    """The eval clips of every usable sample of `data`, in source order (identical on every run).
+    Skipped samples are logged and their keys appended to `skipped`."""
+    dataset = EvalVideos(list_samples(data), spec)
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is)
+    for item in loader:
+        if isinstance(item, Skipped):
+            log.warning("skipping sample %s: %s", item.key, item.reason)
+            if skipped is not None:
+                skipped.append(item.key)
+            continue
+        yield item

@@ -1,0 +1,150 @@
+"""Training a probe on frozen features and multi-view evaluation.
+
+Shape legend: M videos, V views per video (segments x spatial views), N tokens, D width, B batch, K classes.
+
+Training sees one view per video per epoch (drawn afresh every epoch); evaluation averages the softmax over
+all views of a video and takes the argmax. AdamW with a per-step cosine learning rate, weight decay on
+weight matrices only. Everything random comes from generators seeded by `seed`, so a run is repeatable.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vjepa.eval.extract import FeatureSet
+from vjepa.eval.probe import build_probe
+
+__all__ = ["ProbeConfig", "multiview_predict", "num_classes_of", "top1", "train_probe"]
+
+
+@dataclass
+class ProbeConfig:
+    kind: str = "attentive"  # attentive | linear
+    epochs: int = 20
+    lr: float = 1e-3
+    wd: float = 0.01
+    batch: int = 32
+    seed: int = 0
+    depth: int = 0  # self-attention blocks before the attentive pooler (V-JEPA 2 uses 3)
+    heads: int | None = None  # None: probe.default_heads(D)
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name}: must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.wd < 0:
+            raise ValueError(f"--lr must be > 0 and --wd >= 0, got lr={self.lr} wd={self.wd}")
+        if self.depth < 0:
+            raise ValueError(f"--depth: must be >= 0, got {self.depth}")
+
+
+def num_classes_of(*sets: FeatureSet) -> int:
+    """The class count: the datasets' own (meta num_classes) when known, else the largest label + 1."""
+    largest = max(int(s.labels.max()) for s in sets) + 1
+    declared = [s.meta.get("num_classes") for s in sets if s.meta.get("num_classes")]
+    return max([largest, *declared])
+
+
+def _check_sets(train: FeatureSet, val: FeatureSet) -> None:
+    for name, s in (("train", train), ("val", val)):
+        if len(s) == 0:
+            raise ValueError(f"--{name}: the feature file holds no videos")
+        if int(s.labels.min()) < 0:
+            raise ValueError(f"--{name}: some videos have no label (-1); a probe needs labelled data")
+    if train.tokens.shape[-1] != val.tokens.shape[-1]:
+        raise ValueError(
+            f"train and val features differ in width: {train.tokens.shape[-1]} vs {val.tokens.shape[-1]}"
+        )
+
+
+def _param_groups(model: nn.Module, wd: float) -> list[dict]:
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and n != "query"]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and n != "query")]
+    return [{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def multiview_predict(
+    model: nn.Module, tokens: torch.Tensor, *, batch: int = 64, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Tokens [M, V, N, D] -> class probabilities [M, K], the softmax averaged over the V views."""
+    model.eval()
+    probs = []
+    for chunk in tokens.split(max(1, batch)):
+        m, v = chunk.shape[:2]
+        flat = chunk.flatten(0, 1).to(device, torch.float32)  # [m*V, N, D]
+        p = F.softmax(model(flat).float(), dim=-1)  # [m*V, K]
+        probs.append(p.view(m, v, -1).mean(1).cpu())  # [m, K]
+    return torch.cat(probs)
+
+
+def top1(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((probs.argmax(-1) == labels).float().mean())
+
+
+def train_probe(
+    train: FeatureSet,
+    val: FeatureSet,
+    cfg: ProbeConfig | None = None,
+    *,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """Trains a probe on `train`, evaluates it on both sets; returns top-1s and the settings used."""
+    cfg = cfg or ProbeConfig()
+    cfg.validate()
+    _check_sets(train, val)
+    start = time.perf_counter()
+    classes = num_classes_of(train, val)
+    model = build_probe(
+        cfg.kind,
+        dim=train.tokens.shape[-1],
+        num_classes=classes,
+        heads=cfg.heads,
+        depth=cfg.depth,
+        seed=cfg.seed,
+    ).to(device)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.wd), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    videos, views = train.tokens.shape[:2]
+    steps_per_epoch = math.ceil(videos / cfg.batch)
+    total, step, losses = cfg.epochs * steps_per_epoch, 0, []
+    for _ in range(cfg.epochs):
+        model.train()
+        order = torch.randperm(videos, generator=gen)  # [M]
+        view = torch.randint(views, (videos,), generator=gen)  # [M], one view per video this epoch
+        for idx in order.split(cfg.batch):
+            if len(idx) < 2 and cfg.kind == "linear":  # BatchNorm needs two samples; drop a lone remainder
+                continue
+            x = train.tokens[idx, view[idx]].to(device, torch.float32)  # [B, N, D]
+            y = train.labels[idx].to(device)
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            step += 1
+    train_probs = multiview_predict(model, train.tokens, batch=cfg.batch, device=device)
+    val_probs = multiview_predict(model, val.tokens, batch=cfg.batch, device=device)
+    return {
+        "top1_val": top1(val_probs, val.labels),
+        "top1_train": top1(train_probs, train.labels),
+        "num_classes": classes,
+        "chance": 1.0 / classes,
+        "train_videos": videos,
+        "val_videos": len(val),
+        "train_views": views,
+        "val_views": int(val.tokens.shape[1]),
+        "tokens": int(train.tokens.shape[2]),
+        "width": int(train.tokens.shape[3]),
+        "final_loss": sum(losses[-steps_per_epoch:]) / max(1, len(losses[-steps_per_epoch:])),
+        **asdict(cfg),
+        "seconds": round(time.perf_counter() - start, 2),
+    }

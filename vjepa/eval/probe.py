@@ -1,0 +1,111 @@
+"""Probes on frozen tokens: an attentive probe (optional self-attention blocks, then cross-attention from one
+learned query over all tokens, then Linear) and a linear probe on mean-pooled tokens.
+
+Shape legend: B batch, N tokens, D width, K classes, Q learned queries (1), H heads, hd head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vjepa.layers.block import Block, Mlp
+
+__all__ = ["AttentiveProbe", "LinearProbe", "build_probe", "default_heads"]
+
+KINDS = ("attentive", "linear")
+
+
+def default_heads(dim: int, *, min_head_dim: int = 32, max_heads: int = 16) -> int:
+    """The most heads (at most `max_heads`) that divide `dim` with head dim >= `min_head_dim`; at least 1."""
+    for heads in range(min(max_heads, dim // min_head_dim), 0, -1):
+        if dim % heads == 0:
+            return heads
+    return 1
+
+
+class CrossAttention(nn.Module):
+    """Learned queries attend over the tokens (no self-attention among the tokens)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"probe width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """queries [B, Q, D], tokens [B, N, D] -> [B, Q, D]."""
+        b, n, d = tokens.shape
+        q = self.q(queries).unflatten(-1, (self.heads, -1)).transpose(1, 2)  # [B, H, Q, hd]
+        k, v = (
+            self.kv(tokens).view(b, n, 2, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        )  # [B, H, N, hd]
+        out = F.scaled_dot_product_attention(q, k, v)  # [B, H, Q, hd]
+        return self.proj(out.transpose(1, 2).flatten(2))  # [B, Q, D]
+
+
+class AttentiveProbe(nn.Module):
+    """[B, N, D] -> logits [B, K]: `depth` pre-norm self-attention blocks over the tokens, then one learned
+    query cross-attends over them (with a residual MLP), then LayerNorm and Linear."""
+
+    def __init__(self, dim: int, num_classes: int, *, heads: int | None = None, depth: int = 0) -> None:
+        super().__init__()
+        heads = heads or default_heads(dim)
+        self.blocks = nn.ModuleList(Block(dim, heads, 4 * dim) for _ in range(depth))
+        self.query = nn.Parameter(torch.zeros(1, 1, dim))
+        self.norm_tokens = nn.LayerNorm(dim, eps=1e-6)
+        self.cross = CrossAttention(dim, heads)
+        self.norm_mlp = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, 4 * dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes)
+        _init(self)
+        nn.init.trunc_normal_(self.query, std=0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = tokens
+        for block in self.blocks:
+            x = block(x)  # [B, N, D]
+        q = self.query.expand(x.shape[0], -1, -1)  # [B, 1, D]
+        q = q + self.cross(q, self.norm_tokens(x))
+        q = q + self.mlp(self.norm_mlp(q))
+        return self.head(self.norm(q[:, 0]))  # [B, K]
+
+
+class LinearProbe(nn.Module):
+    """[B, N, D] -> logits [B, K]: mean over tokens, per-feature standardisation (BatchNorm without affine
+    parameters, so raw features of any scale train alike), then Linear."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes)
+        _init(self)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(tokens.mean(1)))  # [B, D] -> [B, K]
+
+
+@torch.no_grad()
+def _init(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+
+
+def build_probe(
+    kind: str, *, dim: int, num_classes: int, heads: int | None = None, depth: int = 0, seed: int = 0
+) -> nn.Module:
+    """A freshly initialised probe; its weights depend only on the arguments (the global RNG is untouched)."""
+    if kind not in KINDS:
+        raise ValueError(f"--kind: must be one of {KINDS}, got {kind!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if kind == "attentive":
+            return AttentiveProbe(dim, num_classes, heads=heads, depth=depth)
+        return LinearProbe(dim, num_classes)
