@@ -5,26 +5,22 @@ Shape legend: K frames asked for, H/W pixels; frames come back as [K, H, W, 3] u
 The caller passes `pick(num_frames, fps) -> indices` (sorted, may repeat) because which frames to read
 depends on the video's length and rate, known only once it is open.
 
-Time bound: decord can hang on damaged files, inside C code. A signal-based alarm cannot interrupt that
-(Python runs signal handlers only between bytecodes, in the main thread), so each decode runs in a daemon
-thread and the caller waits with a join timeout. decord (ctypes calls) and PyAV release the GIL while
-decoding, so the waiting thread wakes on time even while the decoder is stuck. A stuck thread cannot be
-killed; it is abandoned (a daemon, so it never blocks the worker's exit), and after a few of them the
-process refuses to go on rather than pile up stuck decoders. This works in DataLoader worker processes and
-in the main process alike.
+Time bound: decord can hang on damaged files, inside C code, so each decode runs through a
+`timeout.TimeoutRunner` (a long-lived helper thread, waited on with a timeout; see there why not a signal
+alarm). After a few hung decodes the process refuses to go on rather than pile up stuck threads.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from data_pipelines.bad_samples import BadSampleError, DecodeTimeoutError
+from data_pipelines.timeout import CallTimedOut, TimeoutRunner
 
 if TYPE_CHECKING:
     from av.container import InputContainer
@@ -72,24 +68,34 @@ def decode_decord(data: bytes, pick: IndexPicker) -> np.ndarray:
     # decord reports bad input as DECORDError, or RuntimeError (no handle), AssertionError (no frames),
     # IndexError (frame count overstated) from its Python wrapper
     failures = (decord.DECORDError, RuntimeError, AssertionError, IndexError)
+    reader = None
     try:
-        reader = decord.VideoReader(io.BytesIO(data), num_threads=1)
-        num_frames, fps = len(reader), float(reader.get_avg_fps())
-    except failures as err:
-        raise BadSampleError(f"decord cannot open the video: {str(err).splitlines()[0]}") from err
-    if num_frames < 1:
-        raise BadSampleError("video has no frames")
-    indices = _checked(pick(num_frames, fps), num_frames)
-    unique, inverse = np.unique(indices, return_inverse=True)
-    try:
-        frames = reader.get_batch(unique.tolist()).asnumpy()
-        reader.seek(0)  # works around decord's memory growth after get_batch
-    except failures as err:
-        message = str(err).splitlines()[0]
-        if "DECORDArrayCopyFromTo" in message:  # decord bug on some frame widths (16, 24, 48, 72, ...)
-            raise DecordLayoutError(f"decord cannot copy frames of this size: {message}") from err
-        raise BadSampleError(f"decord failed to decode frames: {message}") from err
-    return frames[inverse]
+        try:
+            reader = decord.VideoReader(io.BytesIO(data), num_threads=1)
+            num_frames, fps = len(reader), float(reader.get_avg_fps())
+        except failures as err:
+            raise BadSampleError(f"decord cannot open the video: {_first_line(err)}") from err
+        indices = _checked(pick(num_frames, fps), num_frames)
+        unique, inverse = np.unique(indices, return_inverse=True)
+        try:
+            frames = reader.get_batch(unique.tolist()).asnumpy()  # [K', H, W, 3], K' distinct frames
+            reader.seek(0)  # works around decord's memory growth after get_batch
+        except failures as err:
+            if "DECORDArrayCopyFromTo" in str(err):  # decord bug on some frame widths (16, 24, 48, 72, ...)
+                raise DecordLayoutError(
+                    f"decord cannot copy out frames of this size: {_first_line(err)}"
+                ) from err
+            raise BadSampleError(f"decord failed to decode frames: {_first_line(err)}") from err
+        return frames if len(unique) == len(indices) else frames[inverse]
+    finally:
+        # Free decord's handle now, in this process. A reader left to the cyclic garbage collector can be
+        # collected in a forked DataLoader worker, where freeing it joins a thread that does not exist
+        # there and aborts the worker (std::system_error).
+        del reader
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 class DecordLayoutError(BadSampleError):
@@ -148,6 +154,9 @@ def _pyav_read(container: InputContainer, stream: VideoStream, indices: np.ndarr
         if index < wanted[len(got)]:
             continue
         rgb = frame.to_ndarray(format="rgb24")
+        rotation = getattr(frame, "rotation", 0)  # display matrix, degrees counter-clockwise (PyAV >= 14)
+        if rotation:  # decord applies it; do the same so that both give upright frames
+            rgb = np.ascontiguousarray(np.rot90(rgb, (rotation // 90) % 4))
         while len(got) < len(wanted) and wanted[len(got)] <= index:
             got[int(wanted[len(got)])] = rgb
         if len(got) == len(wanted):
@@ -159,26 +168,6 @@ def _pyav_read(container: InputContainer, stream: VideoStream, indices: np.ndarr
     return np.stack([got.get(int(i), last) for i in indices])
 
 
-def _call_with_timeout(fn: Callable[[], np.ndarray], timeout_s: float) -> tuple[np.ndarray, bool]:
-    """(fn(), False), or (empty, True) when fn did not finish within timeout_s (its thread abandoned)."""
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as err:  # handed to the waiting thread, re-raised there
-            box["error"] = err
-
-    thread = threading.Thread(target=run, name="video-decode", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        return np.empty(0, dtype=np.uint8), True
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["value"], False  # type: ignore[return-value]
-
-
 _BACKENDS: dict[str, Callable[[bytes, IndexPicker], np.ndarray]] = {
     "decord": decode_decord_or_pyav,
     "pyav": decode_pyav,
@@ -186,27 +175,42 @@ _BACKENDS: dict[str, Callable[[bytes, IndexPicker], np.ndarray]] = {
 
 
 class VideoDecoder:
-    """Decodes picked frames with the configured backend, each video bounded by `timeout_s` (0: no bound)."""
+    """Decodes picked frames with the configured backend on a helper thread, each video bounded by
+    `timeout_s` (0: no bound). `submit` lets the caller work while the next video decodes."""
 
     def __init__(self, decoder: str = "auto", *, timeout_s: float = 30.0) -> None:
         self.backend = resolve_decoder(decoder)
         self.timeout_s = timeout_s
-        self.abandoned = 0
+        self._runner = TimeoutRunner("video-decode")
+
+    @property
+    def abandoned(self) -> int:
+        """Decodes that hung past the bound (their threads are stuck)."""
+        return self._runner.abandoned
+
+    def submit(self, data: bytes, pick: IndexPicker) -> Callable[[], np.ndarray]:
+        """Queues the decode on the helper thread and returns a function that waits for the frames
+        [K, H, W, 3] uint8 (raising BadSampleError, or DecodeTimeoutError past the bound)."""
+        if self.abandoned >= MAX_ABANDONED_THREADS:
+            raise RuntimeError(
+                f"{self.abandoned} video decodes hung past data.decode_timeout_s={self.timeout_s}; "
+                "their threads are stuck in the decoder, refusing to start more (check the data)"
+            )
+        decode = _BACKENDS[self.backend]
+        job = self._runner.submit(lambda: decode(data, pick))
+
+        def wait() -> np.ndarray:
+            try:
+                frames = self._runner.result(job, self.timeout_s)
+            except CallTimedOut:
+                raise DecodeTimeoutError(
+                    f"{self.backend} decode took longer than {self.timeout_s} s"
+                ) from None
+            if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+                raise BadSampleError(f"decoder returned frames of shape {frames.shape} {frames.dtype}")
+            return frames
+
+        return wait
 
     def __call__(self, data: bytes, pick: IndexPicker) -> np.ndarray:
-        decode = _BACKENDS[self.backend]
-        if self.timeout_s <= 0:
-            frames = decode(data, pick)
-        else:
-            if self.abandoned >= MAX_ABANDONED_THREADS:
-                raise RuntimeError(
-                    f"{self.abandoned} video decodes hung past data.decode_timeout_s={self.timeout_s}; "
-                    "their threads are stuck in the decoder, refusing to start more (check the data)"
-                )
-            frames, timed_out = _call_with_timeout(lambda: decode(data, pick), self.timeout_s)
-            if timed_out:
-                self.abandoned += 1
-                raise DecodeTimeoutError(f"{self.backend} decode took longer than {self.timeout_s} s")
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise BadSampleError(f"decoder returned frames of shape {frames.shape} {frames.dtype}")
-        return frames
+        return self.submit(data, pick)()

@@ -4,207 +4,41 @@ Shape legend: B clips per batch (V videos x C clips each), T frames, S crop pixe
 
 Splitting. `plan.EpochPlan` fixes, for every (epoch, rank, batch j), which samples make the batch: ranks
 read disjoint contiguous ranges of the seeded epoch order, all of the same length, so every rank yields the
-same number of batches. Workers split a rank's batches round-robin: worker w builds the stream's batches
-w, w + W, w + 2W, ... exactly the order in which DataLoader collects from its workers, so batches arrive in
-stream order. Each batch is built whole in one worker (samples, decode, crop, masks) and travels as uint8.
+same number of batches. Workers split a rank's batches round-robin (`dataset.ClipDataset`): worker w builds
+the stream's batches w, w + W, w + 2W, ... which is the order in which DataLoader collects from its workers,
+so batches arrive in stream order (each carries its position, and the loader checks it). Each batch is
+built whole in one worker (samples, decode, crop, masks) and travels as uint8.
 
 Resume. The data position is (epoch, batch j, step) and batch contents depend only on it, not on earlier
 batches or on the worker that builds them. A restored loader starts its stream at the saved position: the
-workers seek straight to their samples' tar members and never read or decode the batches before it. Masks
-are drawn with `mask_generator(B, worker=0, step=step)`; `step` (batches this rank has delivered) is
-unique per rank, so masks, like clips, do not depend on the worker count.
-
-Randomness. Sample-level generators are seeded from (seed, rank, epoch, batch, k), k the sample's place in
-the batch's candidate list; no global RNG is touched in the workers.
+workers seek straight to their samples' tar members and never read or decode the batches before it. The
+worker count may even change between save and restore.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+import gc
+from collections.abc import Iterator
 
-import numpy as np
-import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 
-from data_pipelines.bad_samples import BadSampleError, SkipStats, TooManyBadSamplesError
-from data_pipelines.batch import MaskBatch, VideoBatch
+from data_pipelines.bad_samples import SkipStats
+from data_pipelines.batch import VideoBatch
 from data_pipelines.config import DataConfig
-from data_pipelines.decode import VideoDecoder
-from data_pipelines.plan import EpochPlan
-from data_pipelines.sampling import clip_indices, union_indices
-from data_pipelines.sources import RawSample, SampleReader, Source, load_sources
-from data_pipelines.transforms import augment_clip
+from data_pipelines.dataset import BatchInfo, ClipDataset, MaskFn, Position
+from data_pipelines.sources import load_sources
 
-__all__ = ["ClipDataset", "MaskFn", "Position", "VideoLoader", "build_loader"]
-
-log = logging.getLogger(__name__)
-
-MaskFn = Callable[..., list[MaskBatch]]  # mask_generator(batch_size, *, worker: int, step: int)
-
-
-@dataclass(frozen=True)
-class Position:
-    """Where a rank's data stream stands: batch `batch` of epoch `epoch` is next; `step` batches done."""
-
-    epoch: int = 0
-    batch: int = 0
-    step: int = 0
-
-
-@dataclass
-class BatchInfo:
-    """Travels with each batch from the worker: its position and the samples it tried and skipped."""
-
-    position: Position
-    skips: SkipStats = field(default_factory=SkipStats)
+__all__ = ["VideoLoader", "build_loader"]
 
 
 def _as_is(item: tuple[VideoBatch, BatchInfo]) -> tuple[VideoBatch, BatchInfo]:
     return item  # batches are assembled in the workers; DataLoader must not convert them
 
 
-class ClipDataset(IterableDataset):
-    """Yields (VideoBatch, BatchInfo) for the stream starting at `self.start`, this worker's share."""
-
-    def __init__(
-        self,
-        sources: list[Source],
-        cfg: DataConfig,
-        *,
-        mask_generator: MaskFn | None,
-        seed: int,
-        rank: int,
-        world_size: int,
-    ) -> None:
-        self.sources, self.cfg = sources, cfg
-        self.mask_generator = mask_generator
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.start = Position()
-        self._plans: dict[int, EpochPlan] = {}
-
-    def plan(self, epoch: int) -> EpochPlan:
-        if epoch not in self._plans:
-            if len(self._plans) >= 2:
-                self._plans.pop(min(self._plans))
-            c = self.cfg
-            self._plans[epoch] = EpochPlan(
-                self.sources,
-                epoch=epoch,
-                seed=self.seed,
-                rank=self.rank,
-                world_size=self.world_size,
-                videos_per_batch=c.batch_size // c.num_clips,
-                shuffle=c.shuffle,
-                shuffle_buffer=c.shuffle_buffer,
-                drop_last=c.drop_last,
-            )
-        return self._plans[epoch]
-
-    def stream(self) -> Iterator[Position]:
-        """Positions from `start` on: to the end of its epoch, or forever when `resampled`."""
-        epoch, batch, step = self.start.epoch, self.start.batch, self.start.step
-        while True:
-            while batch < self.plan(epoch).num_batches:
-                yield Position(epoch, batch, step)
-                batch, step = batch + 1, step + 1
-            if not self.cfg.resampled:
-                return
-            epoch, batch = epoch + 1, 0
-
-    def __iter__(self) -> Iterator[tuple[VideoBatch, BatchInfo]]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        reader = SampleReader()
-        decoder = VideoDecoder(self.cfg.decoder, timeout_s=self.cfg.decode_timeout_s)
-        local = SkipStats()  # this worker's tries, for an early stop before the main process sees them
-        try:
-            for i, position in enumerate(self.stream()):
-                if i % workers == worker:
-                    batch, skips = self.make_batch(position, reader, decoder)
-                    local.merge(skips)
-                    local.check(self.cfg.max_skip_fraction, self.cfg.skip_check_min_samples)
-                    yield batch, BatchInfo(position, skips)
-        finally:
-            reader.close()
-
-    def make_batch(
-        self, position: Position, reader: SampleReader, decoder: VideoDecoder
-    ) -> tuple[VideoBatch, SkipStats]:
-        plan = self.plan(position.epoch)
-        clips: list[torch.Tensor] = []  # [3, T, S, S] each
-        labels: list[int] = []
-        keys: list[str] = []
-        skips = SkipStats()
-        for k, (unit, entry) in enumerate(plan.candidates(position.batch)):
-            if len(keys) == self.cfg.batch_size:
-                break
-            rng = np.random.default_rng([self.seed, self.rank, position.epoch, position.batch, k])
-            try:
-                raw = reader.read(unit, entry)
-                sample_clips = self.load_sample(raw, decoder, rng)
-            except BadSampleError as err:
-                log.warning("skipping sample %s (shard %s): %s", entry.key, unit.shard, err)
-                skips.record(unit.shard, entry.key)
-                continue
-            skips.record(unit.shard)
-            clips.extend(sample_clips)
-            labels.extend([raw.label] * len(sample_clips))
-            keys.extend([raw.key] * len(sample_clips))
-        if len(keys) < self.cfg.batch_size:
-            raise TooManyBadSamplesError(
-                f"epoch {position.epoch} batch {position.batch}: no {plan.videos_per_batch} loadable samples "
-                f"among rank {self.rank}'s {plan.rank_samples}; worst shards: {skips.worst_shards()}"
-            )
-        masks = (
-            []
-            if self.mask_generator is None
-            else self.mask_generator(len(keys), worker=0, step=position.step)
-        )
-        batch = VideoBatch(
-            clips=torch.stack(clips),  # [B, 3, T, S, S] uint8
-            labels=torch.tensor(labels, dtype=torch.int64),
-            masks=masks,
-            keys=keys,
-        )
-        return batch, skips
-
-    def load_sample(
-        self, raw: RawSample, decoder: VideoDecoder, rng: np.random.Generator
-    ) -> list[torch.Tensor]:
-        """The sample's C augmented clips [3, T, S, S] uint8; BadSampleError if it cannot be used."""
-        c = self.cfg
-        gather: list[np.ndarray] = []  # [C, T] positions into the decoded frames
-
-        def pick(num_frames: int, video_fps: float) -> np.ndarray:
-            indices = clip_indices(
-                num_frames,
-                video_fps,
-                frames=c.frames_per_clip,
-                frame_step=c.frame_step,
-                fps=c.fps,
-                num_clips=c.num_clips,
-                pad=c.pad_short,
-                rng=rng,
-            )
-            unique, positions = union_indices(indices)
-            gather.append(positions)
-            return unique
-
-        frames = decoder(raw.data, pick)  # [K, H, W, 3] uint8
-        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        return [
-            augment_clip(
-                frames[row],
-                size=c.crop_size,
-                scale=c.crop_scale,
-                aspect=c.crop_aspect,
-                hflip=c.hflip,
-                generator=generator,
-            )
-            for row in gather[0]
-        ]
+def _freeze_inherited_objects(worker_id: int) -> None:
+    """Keeps a forked worker's garbage collector off the objects it inherited: freeing a parent's decoder
+    handle (decord joins its decode thread) in the child aborts the worker."""
+    gc.freeze()
 
 
 class VideoLoader:
@@ -247,16 +81,25 @@ class VideoLoader:
             batch_size=None,
             num_workers=workers,
             collate_fn=_as_is,
+            worker_init_fn=_freeze_inherited_objects,
             prefetch_factor=2 if workers else None,
         )
-        for batch, info in loader:
-            p = info.position
-            assert p.step == self._position.step, f"batch for step {p.step} arrived at {self._position.step}"
-            self._position = Position(p.epoch, p.batch + 1, p.step + 1)
-            self._skips.merge(info.skips)
-            self._skips.check(self.cfg.max_skip_fraction, self.cfg.skip_check_min_samples)
-            self._clips += batch.clips.shape[0]
-            yield batch
+        batches = iter(loader)
+        try:
+            for batch, info in batches:
+                p = info.position
+                assert p.step == self._position.step, f"batch for step {p.step} came at {self._position.step}"
+                self._position = Position(p.epoch, p.batch + 1, p.step + 1)
+                self._skips.merge(info.skips)
+                self._skips.check(self.cfg.max_skip_fraction, self.cfg.skip_check_min_samples)
+                self._clips += batch.clips.shape[0]
+                yield batch
+        finally:
+            # stop the workers now, also on an error or an early break: an exception's traceback keeps the
+            # iterator alive, and its workers would otherwise run on (and be forked into later workers)
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
     def state_dict(self) -> dict:
         p = self._normalized()

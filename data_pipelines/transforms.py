@@ -76,7 +76,7 @@ def augment_clip(
     )  # [T, 3, S, S] uint8
     if flip:
         crop_tchw = crop_tchw.flip(-1)
-    return crop_tchw.permute(1, 0, 2, 3).contiguous()  # [3, T, S, S]
+    return crop_tchw.permute(1, 0, 2, 3)  # [3, T, S, S], a view: stacking the batch makes the copy
 
 
 def normalize(clips: torch.Tensor) -> torch.Tensor:

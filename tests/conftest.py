@@ -89,3 +89,20 @@ def audio_only_mp4() -> bytes:
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return buf.getvalue()
+
+
+def rotated_mp4(degrees: int, frames: int = 4) -> bytes:
+    """A 32x64 video with a display rotation; its top-left 16x16 corner is white."""
+    image = np.zeros((32, 64, 3), np.uint8)
+    image[:16, :16] = 255
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.set_display_rotation(degrees)
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return buf.getvalue()

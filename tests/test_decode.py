@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import FRAMES, audio_only_mp4, frame_numbers, numbered_frames
+from conftest import FRAMES, audio_only_mp4, frame_numbers, numbered_frames, rotated_mp4
 
 from data_pipelines import decode
 from data_pipelines.bad_samples import BadSampleError, DecodeTimeoutError
@@ -39,6 +39,15 @@ def test_pyav_matches_decord(numbered_mp4: bytes) -> None:
         a = decode_decord(numbered_mp4, lambda n, fps, i=indices: i).astype(np.int16)
         b = decode_pyav(numbered_mp4, lambda n, fps, i=indices: i).astype(np.int16)
         assert np.abs(a - b).max() <= 2
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_rotated_videos_come_out_upright_from_both_decoders(degrees: int) -> None:
+    data = rotated_mp4(degrees)
+    a = decode_decord(data, lambda n, fps: np.arange(2)).astype(np.int16)
+    b = decode_pyav(data, lambda n, fps: np.arange(2)).astype(np.int16)
+    assert a.shape == b.shape == ((2, 64, 32, 3) if degrees % 180 else (2, 32, 64, 3))
+    assert np.abs(a - b).mean() < 4
 
 
 def test_decord_width_bug_falls_back_to_pyav() -> None:
@@ -76,7 +85,7 @@ def test_decode_time_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(DecodeTimeoutError):
         decoder(b"x", lambda n, fps: np.arange(1))
     assert time.perf_counter() - start < 2.0
-    decoder.abandoned = decode.MAX_ABANDONED_THREADS
+    decoder._runner.abandoned = decode.MAX_ABANDONED_THREADS
     with pytest.raises(RuntimeError, match="hung"):
         decoder(b"x", lambda n, fps: np.arange(1))
 

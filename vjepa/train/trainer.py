@@ -182,7 +182,7 @@ def train(cfg: Config) -> dict:
     try:
         for step in range(start, cfg.train.steps):
             t0 = time.perf_counter()
-            batch = next(stream)
+            batch, stream = next_batch(data, stream)
             t1 = time.perf_counter()
             result = train_step(engine, batch, step, cfg, device)
             t2 = time.perf_counter()
@@ -239,6 +239,18 @@ def train(cfg: Config) -> dict:
         "rank": env.rank,
         "pid": os.getpid(),
     }
+
+
+def next_batch(data, stream):
+    """The next batch; at the end of an epoch (non-resampled data) the next epoch starts."""
+    try:
+        return next(stream), stream
+    except StopIteration:
+        stream = iter(data)
+        try:
+            return next(stream), stream
+        except StopIteration:
+            raise ValueError("data: the training data yields no batches (check data.sources)") from None
 
 
 def restore(engine, data, folder: Path, rank: int) -> int:

@@ -1,0 +1,277 @@
+"""The worker side of the loader: an IterableDataset that builds whole batches (read, decode, crop, masks).
+
+Shape legend: B clips per batch (V videos x C clips each), T frames, S crop pixels, K decoded frames.
+
+Which batches a worker builds: the rank's stream of positions (epoch, batch) from `start` on, every W-th
+one for worker w of W, which is the order in which DataLoader collects from its workers. What a batch holds
+is `plan.EpochPlan`'s business: it depends only on the position, so any worker (or a resumed loader)
+builds the same batch. Its V planned samples are decoded one sample ahead on the decoder's helper thread,
+so decoding the next video overlaps cropping this one; a failed sample is replaced by the plan's next
+candidates, fetched on demand.
+
+Randomness: each sample's generator is seeded from (seed, rank, epoch, batch, k), k the sample's place in
+the batch's candidate list (not the worker, so batches do not depend on the worker count); masks come from
+`mask_generator(B, worker=0, step=step)`, the step being unique per rank. No global RNG is touched.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from data_pipelines.bad_samples import BadSampleError, SkipStats, TooManyBadSamplesError
+from data_pipelines.batch import MaskBatch, VideoBatch
+from data_pipelines.config import DataConfig
+from data_pipelines.decode import IndexPicker, VideoDecoder
+from data_pipelines.plan import EpochPlan
+from data_pipelines.sampling import clip_indices, union_indices
+from data_pipelines.sources import SampleEntry, SampleReader, Source, Unit
+from data_pipelines.transforms import augment_clip
+
+__all__ = ["BatchInfo", "ClipDataset", "MaskFn", "Position"]
+
+log = logging.getLogger(__name__)
+
+MaskFn = Callable[..., list[MaskBatch]]  # mask_generator(batch_size, *, worker: int, step: int)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a rank's data stream stands: batch `batch` of epoch `epoch` is next; `step` batches done."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+
+
+@dataclass
+class BatchInfo:
+    """Travels with each batch from the worker: its position and the samples it tried and skipped."""
+
+    position: Position
+    skips: SkipStats = field(default_factory=SkipStats)
+
+
+@dataclass
+class _Fetch:
+    """One sample on its way: bytes read, frames decoding on the helper thread (or why not)."""
+
+    unit: Unit
+    entry: SampleEntry
+    rng: np.random.Generator
+    label: int = -1
+    wait: Callable[[], np.ndarray] | None = None  # -> frames [K, H, W, 3]
+    gather: list[np.ndarray] = field(default_factory=list)  # [C, T] positions into the frames, once decoded
+    error: str = ""  # a message, not the exception: a stored exception would hold this object in a cycle
+
+
+def one_ahead(items: Iterator[T]) -> Iterator[T]:
+    """Yields item n only once item n + 1 exists: producing an item starts its work (a decode), which then
+    overlaps the consumer's work on item n."""
+    items = iter(items)
+    previous = next(items, None)
+    for item in items:
+        yield previous  # type: ignore[misc]
+        previous = item
+    if previous is not None:
+        yield previous
+
+
+def _stack(clips: list[torch.Tensor]) -> torch.Tensor:
+    """Clips [3, T, S, S] -> [B, 3, T, S, S]; in a worker, straight into shared memory so that sending the
+    batch to the main process copies nothing more (what DataLoader's default_collate does)."""
+    out = None
+    if get_worker_info() is not None:
+        first = clips[0]
+        storage = first._typed_storage()._new_shared(len(clips) * first.numel(), device=first.device)
+        out = first.new(storage).resize_(len(clips), *first.shape)
+    return torch.stack(clips, out=out)
+
+
+class ClipDataset(IterableDataset):
+    """Yields (VideoBatch, BatchInfo) for the stream starting at `self.start`, this worker's share."""
+
+    def __init__(
+        self,
+        sources: list[Source],
+        cfg: DataConfig,
+        *,
+        mask_generator: MaskFn | None,
+        seed: int,
+        rank: int,
+        world_size: int,
+    ) -> None:
+        self.sources, self.cfg = sources, cfg
+        self.mask_generator = mask_generator
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.start = Position()
+        self._plans: dict[int, EpochPlan] = {}
+
+    def plan(self, epoch: int) -> EpochPlan:
+        if epoch not in self._plans:
+            if len(self._plans) >= 2:
+                self._plans.pop(min(self._plans))
+            c = self.cfg
+            self._plans[epoch] = EpochPlan(
+                self.sources,
+                epoch=epoch,
+                seed=self.seed,
+                rank=self.rank,
+                world_size=self.world_size,
+                videos_per_batch=c.batch_size // c.num_clips,
+                shuffle=c.shuffle,
+                shuffle_buffer=c.shuffle_buffer,
+                drop_last=c.drop_last,
+            )
+        return self._plans[epoch]
+
+    def stream(self) -> Iterator[Position]:
+        """Positions from `start` on: to the end of its epoch, or forever when `resampled`."""
+        epoch, batch, step = self.start.epoch, self.start.batch, self.start.step
+        while True:
+            while batch < self.plan(epoch).num_batches:
+                yield Position(epoch, batch, step)
+                batch, step = batch + 1, step + 1
+            if not self.cfg.resampled:
+                return
+            epoch, batch = epoch + 1, 0
+
+    def __iter__(self) -> Iterator[tuple[VideoBatch, BatchInfo]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        reader = SampleReader()
+        decoder = VideoDecoder(self.cfg.decoder, timeout_s=self.cfg.decode_timeout_s)
+        local = SkipStats()  # this worker's tries, for an early stop before the main process sees them
+        mine, ahead = itertools.tee(p for i, p in enumerate(self.stream()) if i % workers == worker)
+        fetches = one_ahead(self._fetch(p, k, u, e, reader, decoder) for p, k, u, e in self._planned(ahead))
+        try:
+            for position in mine:
+                batch, skips = self._make_batch(position, fetches, reader, decoder)
+                local.merge(skips)
+                local.check(self.cfg.max_skip_fraction, self.cfg.skip_check_min_samples)
+                yield batch, BatchInfo(position, skips)
+        finally:
+            reader.close()
+
+    def _planned(self, positions: Iterator[Position]) -> Iterator[tuple[Position, int, Unit, SampleEntry]]:
+        """The V planned samples of each position in turn (not the replacements)."""
+        for position in positions:
+            plan = self.plan(position.epoch)
+            candidates = itertools.islice(plan.candidates(position.batch), plan.videos_per_batch)
+            for k, (unit, entry) in enumerate(candidates):
+                yield position, k, unit, entry
+
+    def _fetch(
+        self,
+        position: Position,
+        k: int,
+        unit: Unit,
+        entry: SampleEntry,
+        reader: SampleReader,
+        decoder: VideoDecoder,
+    ) -> _Fetch:
+        """Reads the sample's bytes and queues its decode."""
+        rng = np.random.default_rng([self.seed, self.rank, position.epoch, position.batch, k])
+        fetch = _Fetch(unit, entry, rng)
+        try:
+            raw = reader.read(unit, entry)
+            fetch.label = raw.label
+            fetch.wait = decoder.submit(raw.data, self._picker(rng, fetch.gather))
+        except BadSampleError as err:
+            fetch.error = str(err)
+        return fetch
+
+    def _picker(self, rng: np.random.Generator, gather: list[np.ndarray]) -> IndexPicker:
+        c = self.cfg
+
+        def pick(num_frames: int, video_fps: float) -> np.ndarray:
+            indices = clip_indices(
+                num_frames,
+                video_fps,
+                frames=c.frames_per_clip,
+                frame_step=c.frame_step,
+                fps=c.fps,
+                num_clips=c.num_clips,
+                pad=c.pad_short,
+                rng=rng,
+            )  # [C, T]
+            unique, positions = union_indices(indices)
+            gather.append(positions)
+            return unique
+
+        return pick
+
+    def _clips(self, fetch: _Fetch) -> list[torch.Tensor]:
+        """The sample's C augmented clips [3, T, S, S] uint8; BadSampleError if it cannot be used."""
+        if fetch.wait is None:
+            raise BadSampleError(fetch.error)
+        frames = fetch.wait()  # [K, H, W, 3] uint8
+        c = self.cfg
+        generator = torch.Generator().manual_seed(int(fetch.rng.integers(2**62)))
+        rows = fetch.gather[0]  # [C, T]
+        single = rows.shape[0] == 1 and np.array_equal(rows[0], np.arange(len(frames)))
+        return [
+            augment_clip(
+                frames if single else frames[row],
+                size=c.crop_size,
+                scale=c.crop_scale,
+                aspect=c.crop_aspect,
+                hflip=c.hflip,
+                generator=generator,
+            )
+            for row in rows
+        ]
+
+    def _make_batch(
+        self, position: Position, fetches: Iterator[_Fetch], reader: SampleReader, decoder: VideoDecoder
+    ) -> tuple[VideoBatch, SkipStats]:
+        """Batch `position` from its next V planned fetches, replacing failed samples from the plan."""
+        plan = self.plan(position.epoch)
+        v = plan.videos_per_batch
+        spares = itertools.islice(plan.candidates(position.batch), v, None)
+        replacements = (
+            self._fetch(position, k, unit, entry, reader, decoder)
+            for k, (unit, entry) in enumerate(spares, start=v)
+        )
+        clips: list[torch.Tensor] = []  # [3, T, S, S] each
+        labels: list[int] = []
+        keys: list[str] = []
+        skips = SkipStats()
+        for fetch in itertools.chain(itertools.islice(fetches, v), replacements):
+            try:
+                sample_clips = self._clips(fetch)
+            except BadSampleError as err:
+                log.warning("skipping sample %s (shard %s): %s", fetch.entry.key, fetch.unit.shard, err)
+                skips.record(fetch.unit.shard, fetch.entry.key)
+                continue
+            skips.record(fetch.unit.shard)
+            clips.extend(sample_clips)
+            labels.extend([fetch.label] * len(sample_clips))
+            keys.extend([fetch.entry.key] * len(sample_clips))
+            if len(keys) == self.cfg.batch_size:
+                break
+        else:
+            raise TooManyBadSamplesError(
+                f"epoch {position.epoch} batch {position.batch}: no {v} loadable samples among rank "
+                f"{self.rank}'s {plan.rank_samples}; worst shards: {skips.worst_shards()}"
+            )
+        masks = (
+            []
+            if self.mask_generator is None
+            else self.mask_generator(len(keys), worker=0, step=position.step)
+        )
+        batch = VideoBatch(
+            clips=_stack(clips),  # [B, 3, T, S, S] uint8
+            labels=torch.tensor(labels, dtype=torch.int64),
+            masks=masks,
+            keys=keys,
+        )
+        return batch, skips

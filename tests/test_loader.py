@@ -1,0 +1,204 @@
+"""The video loader: clip content, rank/worker splitting, exact resume, bad samples, config errors."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import audio_only_mp4, frame_numbers, numbered_frames, rotated_mp4
+
+from data_pipelines import decode
+from data_pipelines.bad_samples import TooManyBadSamplesError
+from data_pipelines.config import DataConfig, SourceConfig
+from data_pipelines.encode import encode_video
+from data_pipelines.loader import build_loader
+from data_pipelines.masking.generator import MaskGenerator
+from data_pipelines.masking.spec import default_mask_specs
+from data_pipelines.shard_writer import ShardWriter
+
+
+def _masks() -> MaskGenerator:
+    return MaskGenerator(default_mask_specs(), grid=(2, 2, 2), seed=3)
+
+
+def _all_keys(shard_dir: Path) -> set[str]:
+    return {f"shard-{i // 8:06d}/v{i:03d}" for i in range(32)}
+
+
+def test_batches_hold_the_sampled_frames(shard_dir: Path, data_config) -> None:
+    cfg = data_config(shard_dir, crop_scale=(1.0, 1.0), crop_aspect=(1.0, 1.0), hflip=0.0, frame_step=3)
+    loader = build_loader(cfg, mask_generator=_masks(), seed=0)
+    assert len(loader) == 8
+    batch = next(iter(loader))
+    assert batch.clips.shape == (4, 3, 4, 16, 16) and batch.clips.dtype == torch.uint8
+    assert batch.labels.dtype == torch.int64
+    assert batch.labels.tolist() == [int(k[-3:]) % 4 for k in batch.keys]
+    assert len(batch.masks) == 2 and all(m.batch_size == 4 for m in batch.masks)
+    numbers = frame_numbers(batch.clips.permute(0, 2, 3, 4, 1).numpy())  # [B, T]: the source frame indices
+    assert np.all(np.diff(numbers, axis=1) == 3) and numbers.min() >= 0 and numbers.max() < 24
+
+
+def test_several_clips_per_video_are_consecutive_rows(shard_dir: Path, data_config) -> None:
+    cfg = data_config(shard_dir, num_clips=2, crop_scale=(1.0, 1.0), crop_aspect=(1.0, 1.0))
+    batch = next(iter(build_loader(cfg, mask_generator=None, seed=0)))
+    assert (
+        batch.keys[0] == batch.keys[1] and batch.keys[2] == batch.keys[3] and batch.keys[0] != batch.keys[2]
+    )
+    numbers = frame_numbers(batch.clips.permute(0, 2, 3, 4, 1).numpy())
+    assert numbers[0, 0] <= numbers[1, 0] and numbers[2, 0] <= numbers[3, 0]
+
+
+def test_ranks_and_workers_split_each_epoch_exactly(shard_dir: Path, data_config) -> None:
+    for pattern, batch_size in (("shard-*.tar", 4), ("shard-000000.tar", 2)):  # 4 shards; 1 shard < 4 slots
+        per_rank = []
+        for rank in range(2):
+            cfg = data_config(shard_dir / pattern, batch_size=batch_size, num_workers=2)
+            per_rank.append(
+                [b.keys for b in build_loader(cfg, mask_generator=None, seed=5, rank=rank, world_size=2)]
+            )
+        assert len(per_rank[0]) == len(per_rank[1]) > 0
+        keys = Counter(k for rank in per_rank for batch in rank for k in batch)
+        expected = (
+            _all_keys(shard_dir) if pattern == "shard-*.tar" else {f"shard-000000/v{i:03d}" for i in range(8)}
+        )
+        assert set(keys) == expected and set(keys.values()) == {1}
+
+
+def test_uneven_data_gives_equal_batch_counts(shard_dir: Path, data_config) -> None:
+    counts = []
+    for rank in range(3):
+        cfg = data_config(shard_dir / "shard-00000{0..2}.tar", batch_size=3)  # 24 samples, 3 ranks
+        counts.append(len(build_loader(cfg, mask_generator=None, seed=0, rank=rank, world_size=3)))
+    assert counts == [2, 2, 2]  # 8 samples per rank -> 2 full batches of 3 each
+
+
+def test_resume_continues_exactly(shard_dir: Path, data_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = data_config(shard_dir, num_workers=2, resampled=True)  # 8 batches per epoch
+    reference = list(islice(build_loader(cfg, mask_generator=_masks(), seed=1), 12))
+    first = build_loader(cfg, mask_generator=_masks(), seed=1)
+    assert [b.keys for b in islice(first, 5)] == [b.keys for b in reference[:5]]
+    state = first.state_dict()
+    assert (state["epoch"], state["batch"], state["step"]) == (0, 5, 5)
+    resumed = list(islice(build_loader(cfg, mask_generator=_masks(), seed=1, state=state), 7))  # into epoch 1
+    for got, want in zip(resumed, reference[5:], strict=True):
+        assert got.keys == want.keys and torch.equal(got.clips, want.clips)
+        assert all(torch.equal(a.context_idx, b.context_idx) for a, b in zip(got.masks, want.masks))
+    # a resumed loader decodes only what it delivers, plus the one sample it decodes ahead; none of the 20
+    # samples of the 5 batches before the saved position (here in-process, with another worker count)
+    calls = []
+    real = decode._BACKENDS["decord"]
+    monkeypatch.setitem(decode._BACKENDS, "decord", lambda data, pick: calls.append(1) or real(data, pick))
+    cfg0 = data_config(shard_dir, num_workers=0, resampled=True)
+    batch = next(iter(build_loader(cfg0, mask_generator=_masks(), seed=1, state=state)))
+    assert (
+        batch.keys == reference[5].keys
+        and torch.equal(batch.clips, reference[5].clips)
+        and len(calls) == 4 + 1
+    )
+
+
+def test_epochs_cover_all_samples_and_reshuffle(shard_dir: Path, data_config) -> None:
+    loader = build_loader(data_config(shard_dir), mask_generator=None, seed=0)
+    epoch0 = [k for b in loader for k in b.keys]
+    assert loader.epoch == 1 and loader.state_dict()["batch"] == 0
+    epoch1 = [k for b in loader for k in b.keys]
+    assert set(epoch0) == set(epoch1) == _all_keys(shard_dir) and epoch0 != epoch1
+    assert loader.stats()["clips"] == 64
+
+
+def _bad_shard(folder: Path, good_mp4: bytes) -> tuple[Path, set[str], set[str]]:
+    """A shard mixing good videos with every kind of bad member; returns (shard, good keys, bad keys)."""
+    good = {f"good{i}": good_mp4 for i in range(6)}
+    good["odd48"] = encode_video(numbered_frames(height=32, width=48))  # decord's width bug: PyAV reads it
+    good["odd50"] = encode_video(numbered_frames(height=34, width=50))
+    good["rotated"] = rotated_mp4(90, frames=8)
+    bad = {
+        "zero": (b"", "mp4"),
+        "random": (np.random.default_rng(0).bytes(3000), "mp4"),
+        "truncated": (good_mp4[: len(good_mp4) // 2], "mp4"),
+        "novideo": (audio_only_mp4(), "mp4"),
+        "textfile": (good_mp4, "txt"),  # no member with a video extension
+        "short": (encode_video(numbered_frames(frames=3)), "mp4"),  # 3 frames, padding off
+    }
+    with ShardWriter(folder, shard_size=100, prefix="mixed") as writer:
+        for i, (key, (data, ext)) in enumerate(bad.items()):
+            writer.write(f"{key}", data, ext=ext, meta={"label": i})
+            writer.write(list(good)[i], good[list(good)[i]], meta={"label": 0})
+        for key in list(good)[len(bad) :]:
+            writer.write(key, good[key], meta={"label": 0})
+    return (
+        folder / "mixed-000000.tar",
+        {f"mixed-000000/{k}" for k in good},
+        {f"mixed-000000/{k}" for k in bad},
+    )
+
+
+def test_bad_members_are_skipped_counted_and_logged(
+    tmp_path: Path, numbered_mp4: bytes, data_config, caplog: pytest.LogCaptureFixture
+) -> None:
+    shard, good, bad = _bad_shard(tmp_path, numbered_mp4)
+    cfg = data_config(shard, batch_size=2, pad_short=False, max_skip_fraction=1.0)
+    loader = build_loader(cfg, mask_generator=None, seed=0)
+    with caplog.at_level(logging.WARNING, logger="data_pipelines.loader"):
+        keys = {k for b in loader for k in b.keys}
+    assert keys == good
+    stats = loader.stats()
+    assert stats["skipped"] >= len(bad) and stats["clips"] == 14  # 15 samples: 7 batches of 2
+    assert set(stats["skipped_by_shard"][str(shard)]["keys"]) == bad
+    assert all(k.split("/")[1] in caplog.text for k in bad) and str(shard) in caplog.text
+
+
+def test_too_many_bad_samples_stop_with_the_worst_shard(tmp_path: Path, shard_dir: Path, data_config) -> None:
+    with ShardWriter(tmp_path, shard_size=100, prefix="broken") as writer:
+        for i in range(8):
+            writer.write(f"b{i}", np.random.default_rng(i).bytes(500), meta={"label": 0})
+    sources = [SourceConfig(path=str(shard_dir / "shard-000000.tar")), SourceConfig(path=str(tmp_path))]
+    cfg = data_config(num_workers=2, max_skip_fraction=0.2, skip_check_min_samples=4, sources=sources)
+    with pytest.raises(TooManyBadSamplesError, match=r"broken-000000\.tar: \d+/\d+ skipped"):
+        list(build_loader(cfg, mask_generator=None, seed=0))
+
+
+def test_hung_decode_in_a_worker_is_skipped(
+    shard_dir: Path, data_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = decode._BACKENDS["decord"]
+    hung = {"yet": False}  # the forked worker flips its own copy: its first decode hangs, later ones run
+
+    def sometimes_hang(data: bytes, pick: decode.IndexPicker) -> np.ndarray:
+        if not hung["yet"]:
+            hung["yet"] = True
+            time.sleep(60)
+        return real(data, pick)
+
+    monkeypatch.setitem(decode._BACKENDS, "decord", sometimes_hang)
+    cfg = data_config(
+        shard_dir / "shard-000000.tar", num_workers=1, decode_timeout_s=0.5, max_skip_fraction=1.0
+    )
+    loader = build_loader(cfg, mask_generator=None, seed=0)
+    start = time.perf_counter()
+    batches = list(loader)
+    assert len(batches) == 2 and time.perf_counter() - start < 20
+    assert loader.stats()["skipped"] == 1
+
+
+def test_config_errors_name_the_key(shard_dir: Path, data_config) -> None:
+    cases = {
+        "data.crop_scale": dict(crop_scale=(0.5, 0.2)),
+        "data.batch_size": dict(num_clips=3),
+        "data.sources.0.kind": dict(sources=[SourceConfig(path="x", kind="zip")]),
+        "data.decoder": dict(decoder="ffmpeg"),
+        "data.hflip": dict(hflip=1.5),
+    }
+    for key, overrides in cases.items():
+        with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+            data_config(shard_dir, **overrides).validate("data")
+    with pytest.raises(ValueError, match=r"data\.dataset"):
+        build_loader(DataConfig(), mask_generator=None, seed=0)
+    with pytest.raises(ValueError, match=r"data\.batch_size"):
+        build_loader(data_config(shard_dir / "shard-000000.tar", batch_size=16), mask_generator=None, seed=0)
