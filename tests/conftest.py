@@ -10,6 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 from data_pipelines.config import DataConfig, SourceConfig
 from data_pipelines.encode import encode_video
@@ -29,6 +30,16 @@ def frame_numbers(frames: np.ndarray) -> np.ndarray:
     """The indices encoded in decoded frames [..., T, H, W, 3] -> [..., T] (inverse of numbered_frames)."""
     means = frames.reshape(*frames.shape[:-3], -1).astype(np.float64).mean(-1)
     return np.rint((means - BASE) / STEP).astype(np.int64)
+
+
+@pytest.fixture(autouse=True)
+def one_intra_op_thread():
+    """Every test runs on one intra-op thread: tiny models run faster so, and far faster when other
+    processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

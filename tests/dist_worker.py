@@ -28,9 +28,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from data_pipelines.batch import MaskBatch, VideoBatch  # noqa: E402
+from data_pipelines.transforms import normalize  # noqa: E402
 from vjepa.config import Config, load_config, save_config  # noqa: E402
 from vjepa.distributed.env import read_env  # noqa: E402
-from vjepa.train.trainer import build_models, normalize_clips, train_step  # noqa: E402
+from vjepa.train.trainer import build_models, train_step  # noqa: E402
 
 GLOBAL_BATCH = 4
 FRAMES, CROP = 4, 32  # vit_test, patch 16, tubelet 2 -> grid 2 x 2 x 2 = 8 tokens
@@ -93,7 +94,7 @@ def rank_slice(batch: VideoBatch, rank: int, world: int) -> VideoBatch:
 
 def probe_clips() -> torch.Tensor:
     g = torch.Generator().manual_seed(7)
-    return normalize_clips(torch.randint(0, 256, (2, 3, FRAMES, CROP, CROP), generator=g, dtype=torch.uint8))
+    return normalize(torch.randint(0, 256, (2, 3, FRAMES, CROP, CROP), generator=g, dtype=torch.uint8))
 
 
 def mean_over_ranks(value: float) -> float:
@@ -248,7 +249,7 @@ def scenario(args: argparse.Namespace) -> dict:
         fresh = build_engine(cfg, build_models(cfg, torch.device("cpu")), torch.device("cpu"), env)
         fresh.load_weights(torch.load(exported, weights_only=False))
         result["load_weights_features"] = probe_features(fresh)
-        clips = normalize_clips(global_batch(0, len(cfg.mask)).clips[:1])
+        clips = normalize(global_batch(0, len(cfg.mask)).clips[:1])
         out = fresh.forward(clips, rank_slice(global_batch(0, len(cfg.mask)), 0, GLOBAL_BATCH).masks)
         fresh.backward(out.loss)
         fresh.step(

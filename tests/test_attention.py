@@ -17,15 +17,6 @@ from vjepa.layers.attention import Attention, attend, check_backend
 from vjepa.models import build_encoder, build_predictor
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one intra-op thread, and far faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def manual_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor | None = None
 ) -> torch.Tensor:

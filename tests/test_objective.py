@@ -18,15 +18,6 @@ from vjepa.objective import jepa_loss, target_features
 FRAMES, CROP, GRID_TOKENS = 4, 48, 2 * 3 * 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one intra-op thread, and far faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _models(seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(seed)
     enc = build_encoder("vit_test", frames=FRAMES, crop=CROP, device="cpu")

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from data_pipelines.transforms import normalize
 from vjepa.config import Config, from_dict
 from vjepa.eval.data import EvalClipSpec, EvalVideo, iter_eval_videos
 from vjepa.models.builder import build_encoder
-from vjepa.train.trainer import normalize_clips
 
 __all__ = [
     "FeatureSet",
@@ -185,7 +185,7 @@ def encode_clips(
         if transform is not None:
             chunk = transform(chunk)
         with autocast:
-            tokens = encoder(normalize_clips(chunk))  # [B, N, D]
+            tokens = encoder(normalize(chunk))  # [B, N, D]
         if pool == "mean":
             tokens = tokens.float().mean(1, keepdim=True)  # [B, 1, D]
         out.append(tokens.to("cpu", torch.float16))

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from data_pipelines.batch import VideoBatch
+from data_pipelines.transforms import normalize
 from vjepa.config import Config, save_config
 from vjepa.distributed.env import DistEnv, read_env
 from vjepa.models.builder import build_encoder, build_predictor, token_grid
@@ -29,16 +30,6 @@ from vjepa.train.metrics import RunLogger
 from vjepa.train.schedules import values_at
 
 log = logging.getLogger(__name__)
-
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-
-
-def normalize_clips(clips_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, C, T, H, W] -> float [B, C, T, H, W] with ImageNet mean/std, on the clips' device."""
-    mean = torch.tensor(MEAN, device=clips_u8.device).view(1, 3, 1, 1, 1)
-    std = torch.tensor(STD, device=clips_u8.device).view(1, 3, 1, 1, 1)
-    return (clips_u8.float() / 255.0 - mean) / std
 
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
@@ -72,7 +63,7 @@ def train_step(engine, batch: VideoBatch, step: int, cfg: Config, device: torch.
     the update on every rank."""
     values = values_at(step, cfg.optim, cfg.train.steps)
     batch = batch.to(device, non_blocking=True)
-    clips = normalize_clips(batch.clips)  # [B, C, T, H, W] float
+    clips = normalize(batch.clips)  # [B, C, T, H, W] float, ImageNet mean/std
     with autocast_for(cfg, device):
         out = engine.forward(clips, batch.masks)
     loss_ok = engine.all_finite(bool(torch.isfinite(out.loss.detach())))
