@@ -126,9 +126,9 @@ def main(argv: list[str] | None = None) -> None:
         "ms_per_step": round(median * 1000, 2),
         "clips_per_s": round(args.batch / median, 2),
         "tokens_per_clip": grid[0] * grid[1] * grid[2],
-        "context_tokens": [int(m.context_valid.sum()) for m in batch.masks],
-        "target_tokens": [int(m.target_valid.sum()) for m in batch.masks],
-        "tflop_per_step": round(flops / 1e12, 4),
+        "context_tokens_per_batch": [int(m.context_valid.sum()) for m in batch.masks],
+        "target_tokens_per_batch": [int(m.target_valid.sum()) for m in batch.masks],
+        "flop_per_step": float(f"{flops:.4g}"),
         "achieved_tflops": round(flops / median / 1e12, 3),
         "mfu": round(flops / median / (peak * 1e12), 4) if peak else None,
     }
