@@ -130,25 +130,10 @@ def test_augment_clip_shape_flip_and_determinism() -> None:
     flipped = augment_clip(frames, hflip=1.0, generator=torch.Generator().manual_seed(1), **kw)
     assert plain.shape == (3, 4, 16, 16) and plain.dtype == torch.uint8
     assert plain[..., -1].float().mean() > 150 and flipped[..., 0].float().mean() > 150
-    again = augment_clip(
-        frames,
-        hflip=0.5,
-        generator=torch.Generator().manual_seed(7),
-        scale=(0.3, 1.0),
-        size=16,
-        aspect=(0.75, 1.35),
-    )
-    assert torch.equal(
-        again,
-        augment_clip(
-            frames,
-            hflip=0.5,
-            generator=torch.Generator().manual_seed(7),
-            scale=(0.3, 1.0),
-            size=16,
-            aspect=(0.75, 1.35),
-        ),
-    )
+    random = dict(hflip=0.5, scale=(0.3, 1.0), size=16, aspect=(0.75, 1.35))
+    first = augment_clip(frames, generator=torch.Generator().manual_seed(7), **random)
+    again = augment_clip(frames, generator=torch.Generator().manual_seed(7), **random)
+    assert torch.equal(first, again)
 
 
 def test_normalize_uses_imagenet_statistics() -> None:

@@ -224,6 +224,7 @@ def test_run_folder_has_config_env_logs_and_tensorboard(tmp_path):
     assert json.loads((tmp_path / "env.json").read_text())["world_size"] == 1
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert {"loss", "lr", "target_std", "pred_std", "clips_per_s", "data_wait", "grad_norm"} <= set(rows[0])
+    assert rows[-1]["data_skipped"] == 0
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     again = train(cfg)  # a finished run resumes at its end and does nothing more
     assert again["start_step"] == 3 and again["losses"] == []

@@ -37,6 +37,10 @@ class InMemorySynthetic:
             )
         self.position = int(state["position"])
 
+    def stats(self) -> dict[str, Any]:
+        """Rendered clips never fail to load; the same keys as the file loader's counters."""
+        return {"clips": self.position * self.cfg.data.batch_size, "skipped": 0}
+
     def make_batch(self, index: int) -> VideoBatch:
         from data_pipelines.synthetic import render_video
 

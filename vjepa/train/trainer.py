@@ -27,7 +27,7 @@ from vjepa.models.jepa import JepaModel
 from vjepa.train.checkpoint import CheckpointManager, rng_state, set_rng_state
 from vjepa.train.data import build_train_data
 from vjepa.train.metrics import RunLogger
-from vjepa.train.schedules import values_at
+from vjepa.train.schedules import StepValues, values_at
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class StepResult:
     applied: bool
     target_std: float
     pred_std: float
+    values: StepValues  # the schedules' lr, weight decay and EMA momentum at this step
 
 
 def train_step(engine, batch: VideoBatch, step: int, cfg: Config, device: torch.device) -> StepResult:
@@ -69,13 +70,15 @@ def train_step(engine, batch: VideoBatch, step: int, cfg: Config, device: torch.
     loss_ok = engine.all_finite(bool(torch.isfinite(out.loss.detach())))
     if not loss_ok:
         engine.skip()
-        return StepResult(float("nan"), out.loss_per_mask, float("nan"), False, out.target_std, out.pred_std)
+        return StepResult(
+            float("nan"), out.loss_per_mask, float("nan"), False, out.target_std, out.pred_std, values
+        )
     engine.backward(out.loss)
     grad_norm, applied = engine.step(values.lr, values.weight_decay)
     if applied:
         engine.ema(values.momentum)
     return StepResult(
-        float(out.loss.detach()), out.loss_per_mask, grad_norm, applied, out.target_std, out.pred_std
+        float(out.loss.detach()), out.loss_per_mask, grad_norm, applied, out.target_std, out.pred_std, values
     )
 
 
@@ -185,7 +188,7 @@ def train(cfg: Config) -> dict:
                     "step %d: non-finite loss or gradients; update skipped (%d in a row)", step, bad_in_a_row
                 )
             losses.append(result.loss)
-            values = values_at(step, cfg.optim, cfg.train.steps)
+            values = result.values
             clips = batch.clips.shape[0] * env.world_size
             logger.log(
                 step,
@@ -201,6 +204,7 @@ def train(cfg: Config) -> dict:
                     "clips_per_s": clips / max(t2 - t0, 1e-9),
                     "data_wait": (t1 - t0) / max(t2 - t0, 1e-9),
                     "skipped_steps": skipped,
+                    "data_skipped": data.stats()["skipped"],  # undecodable videos so far on this rank
                 },
             )
             if bad_in_a_row >= cfg.train.max_bad_steps:
