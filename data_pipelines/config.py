@@ -33,6 +33,7 @@ class SourceConfig:
     path: str = ""
     kind: str = "auto"  # auto | shards | csv | folder
     weight: float = 1.0
+    samples_per_shard: int = 0  # streamed URL shards: samples in each, spares the counting pass (0: count)
 
     def validate(self, prefix: str = "source") -> None:
         _check(bool(self.path), f"{prefix}.path", "must name a shard folder/pattern, a CSV file or a folder")
@@ -40,6 +41,7 @@ class SourceConfig:
             self.kind in SOURCE_KINDS, f"{prefix}.kind", f"must be one of {SOURCE_KINDS}, got {self.kind!r}"
         )
         _check(self.weight > 0, f"{prefix}.weight", f"must be > 0, got {self.weight}")
+        _check(self.samples_per_shard >= 0, f"{prefix}.samples_per_shard", "must be >= 0 (0: count)")
 
 
 @dataclass
