@@ -86,6 +86,8 @@ class LogConfig:
     progress: bool = True
     jsonl: bool = True
     tensorboard: bool = True
+    monitor_every: int = 20  # steps between collapse monitors (effective dim, clip-constant share); 0: off
+    collapse_warn_fraction: float = 0.5  # warn when an effective dim falls below this x its first value
 
 
 @dataclass
@@ -330,3 +332,5 @@ def validate(cfg: Config) -> None:
     _check(cfg.checkpoint.every_steps >= 1, "checkpoint.every_steps", "must be >= 1")
     _check(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
     _check(cfg.log.every_steps >= 1, "log.every_steps", "must be >= 1")
+    _check(cfg.log.monitor_every >= 0, "log.monitor_every", "must be >= 0 (0 turns the monitors off)")
+    _check(0.0 < cfg.log.collapse_warn_fraction < 1.0, "log.collapse_warn_fraction", "must be in (0, 1)")
