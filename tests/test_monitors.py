@@ -66,7 +66,9 @@ def test_padding_is_ignored_and_subsampling_is_seeded_without_global_rng():
     assert a == collapse_stats(x, max_tokens=100)
     b = collapse_stats(x, max_tokens=100, generator=torch.Generator().manual_seed(3))
     assert a["clip_const"] == b["clip_const"] and a["eff_dim"] != b["eff_dim"]
-    assert collapse_stats(x.to(torch.bfloat16))["eff_dim"] == pytest.approx(collapse_stats(x)["eff_dim"], 0.05)
+    assert collapse_stats(x.to(torch.bfloat16))["eff_dim"] == pytest.approx(
+        collapse_stats(x)["eff_dim"], 0.05
+    )
 
 
 def test_wide_tokens_use_the_small_gram_matrix_and_spectrum_edge_cases():
@@ -93,3 +95,25 @@ def test_verdict_over_a_log():
     collapsed = [*healthy, {"step": 60, "target_eff_dim": 2.0, "target_clip_const": 0.95}]
     assert collapse_verdict(collapsed)["healthy"] is False
     assert collapse_verdict([{"step": 0, "loss": 1.0}])["healthy"] is None
+
+
+def test_run_logger_writes_keys_that_appear_on_some_steps_only(tmp_path, caplog):
+    import json
+
+    from vjepa.config import LogConfig
+    from vjepa.train.metrics import RunLogger
+
+    cfg = LogConfig(every_steps=5, progress=True, tensorboard=True, collapse_warn_fraction=0.5)
+    logger = RunLogger(tmp_path, cfg, total_steps=12, start_step=0, enabled=True)
+    base = {"loss": 1.0, "lr": 1e-3, "clips_per_s": 8.0, "data_wait": 0.1}
+    for step in range(12):
+        monitors = (
+            {"target_eff_dim": 8.0 if step < 9 else 2.0, "target_clip_const": 0.3} if step % 3 == 0 else {}
+        )
+        logger.log(step, {**base, **monitors})
+    logger.close()
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [0, 3, 5, 6, 9, 10]  # every 5th step plus every monitor step
+    assert [r["step"] for r in lines if "target_eff_dim" in r] == [0, 3, 6, 9]
+    assert logger.eff_dim == 2.0 and any("target_eff_dim" in r.message for r in caplog.records)
+    assert any((tmp_path / "tb").iterdir())

@@ -1,13 +1,23 @@
-"""Run logging: a JSONL line of scalars per logged step, TensorBoard events, and a tqdm progress bar."""
+"""Run logging: a JSONL line of scalars per logged step, TensorBoard events, and a tqdm progress bar.
+
+Keys may appear on some steps only (the collapse monitors, every `log.monitor_every` steps): a step that
+carries them is always written, the bar keeps showing the last `target_eff_dim`, and a `CollapseWatch`
+logs a one-line warning when a monitor enters the collapsed state.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
 from vjepa.config import LogConfig
+from vjepa.train.monitors import CollapseWatch
+
+log = logging.getLogger(__name__)
+MONITOR_SUFFIXES = ("eff_dim", "eff_rank", "clip_const")
 
 
 class RunLogger:
@@ -16,6 +26,8 @@ class RunLogger:
     def __init__(self, run_dir: Path, cfg: LogConfig, *, total_steps: int, start_step: int, enabled: bool):
         self.cfg, self.enabled = cfg, enabled
         self.jsonl = self.tb = self.bar = None
+        self.watch = CollapseWatch(warn_fraction=cfg.collapse_warn_fraction)
+        self.eff_dim: float | None = None  # the last target_eff_dim, shown in the bar between monitor steps
         if not enabled:
             return
         if cfg.jsonl:
@@ -32,16 +44,24 @@ class RunLogger:
     def log(self, step: int, scalars: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        monitored = any(k.endswith(MONITOR_SUFFIXES) for k in scalars)
+        if monitored:
+            self.eff_dim = scalars.get("target_eff_dim", self.eff_dim)
+            warning = self.watch.update(step, scalars)
+            if warning is not None:
+                log.warning(warning)
         if self.bar is not None:
             self.bar.update(1)
+            extra = {} if self.eff_dim is None else {"eff_dim": f"{self.eff_dim:.1f}"}
             self.bar.set_postfix(
                 loss=f"{scalars['loss']:.4f}",
                 lr=f"{scalars['lr']:.2e}",
                 clips_s=f"{scalars['clips_per_s']:.1f}",
                 wait=f"{scalars['data_wait']:.0%}",
+                **extra,
                 refresh=False,
             )
-        if step % self.cfg.every_steps:
+        if step % self.cfg.every_steps and not monitored:
             return
         if self.jsonl is not None:
             clean = {
