@@ -53,10 +53,10 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
 
 def main(argv: list[str] | None = None) -> None:
     from vjepa.config import load_config
-    from vjepa.distributed.engine import SingleEngine
+    from vjepa.distributed.env import DistEnv
     from vjepa.models.builder import token_grid
     from vjepa.train.data import build_train_data
-    from vjepa.train.trainer import build_models, train_step
+    from vjepa.train.trainer import build_models, make_engine, train_step
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="vit_tiny")
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
             "optim.warmup_steps=0",
         ],
     )
-    engine = SingleEngine(cfg, build_models(cfg, device), device)
+    engine = make_engine(cfg, build_models(cfg, device), device, DistEnv())
     grid = token_grid(
         frames=args.frames, crop=args.crop, patch=cfg.model.patch_size, tubelet=cfg.model.tubelet_size
     )

@@ -31,7 +31,9 @@ from data_pipelines.batch import MaskBatch, VideoBatch  # noqa: E402
 from data_pipelines.transforms import normalize  # noqa: E402
 from vjepa.config import Config, load_config, save_config  # noqa: E402
 from vjepa.distributed.env import read_env  # noqa: E402
-from vjepa.train.trainer import build_models, train_step  # noqa: E402
+from vjepa.objective import target_features  # noqa: E402
+from vjepa.train.optim import set_lr_wd  # noqa: E402
+from vjepa.train.trainer import build_models, make_engine, train_step  # noqa: E402
 
 GLOBAL_BATCH = 4
 FRAMES, CROP = 4, 32  # vit_test, patch 16, tubelet 2 -> grid 2 x 2 x 2 = 8 tokens
@@ -109,7 +111,7 @@ def mean_over_ranks(value: float) -> float:
 def probe_features(engine) -> dict[str, list]:
     """Encoder and EMA-target features of the probe clips (collective under ZeRO-3: the hooks gather)."""
     clips = probe_clips()
-    return {"encoder": engine.module.encoder(clips).tolist(), "target": engine.target(clips).tolist()}
+    return {"encoder": engine.module.encoder(clips).tolist(), "target": engine.target.module(clips).tolist()}
 
 
 def run_steps(engine, cfg: Config, steps: range, rank: int, world: int) -> list[dict]:
@@ -142,7 +144,7 @@ def held_bytes(engine) -> int:
             s = t.untyped_storage()
             storages[s.data_ptr()] = s.nbytes()
 
-    for p in list(engine.module.parameters()) + list(engine.target.parameters()):
+    for p in list(engine.module.parameters()) + list(engine.target.module.parameters()):
         add(p.data)
         add(getattr(p, "ds_tensor", None))
     real = engine.optimizer
@@ -163,12 +165,12 @@ def nonfinite_checks(engine, cfg: Config, step: int, rank: int, world: int) -> d
     before = probe_features(engine)
     batch = rank_slice(global_batch(step, len(cfg.mask)), rank, world)
     bad = rank == world - 1
-    if bad:  # NaN pixels -> NaN targets -> NaN loss on this rank only
-        forward = engine.forward
-        engine.forward = lambda clips, masks: forward(clips * float("nan"), masks)
+    poison = None
+    if bad:  # NaN targets -> NaN loss on this rank only
+        poison = engine.target.module.register_forward_hook(lambda module, args, out: out * float("nan"))
     r_loss = train_step(engine, batch, step, cfg, torch.device("cpu"))
-    if bad:
-        del engine.forward
+    if poison is not None:
+        poison.remove()
     param = next(p for n, p in engine.module.encoder.named_parameters() if n.endswith("norm.weight"))
     handle = param.register_hook(lambda g: g * float("nan")) if bad else None
     r_grad = train_step(engine, batch, step, cfg, torch.device("cpu"))
@@ -200,15 +202,14 @@ class Clock:
 
 
 def scenario(args: argparse.Namespace) -> dict:
-    from vjepa.distributed.engine import build_engine
-    from vjepa.train.checkpoint import CheckpointManager
+    from vjepa.checkpoint import CheckpointManager
 
     env = read_env()
     world, rank = env.world_size, env.rank
     clock = Clock(rank)
     cfg = make_config(args.backend, args.stage, args.precision, world, args.workdir, args.extra)
     torch.manual_seed(cfg.train.seed + rank)  # as the trainer does: ranks start different, engines broadcast
-    engine = build_engine(cfg, build_models(cfg, torch.device("cpu")), torch.device("cpu"), env)
+    engine = make_engine(cfg, build_models(cfg, torch.device("cpu")), torch.device("cpu"), env)
     ckpts = CheckpointManager(
         Path(args.workdir) / "checkpoints", keep_last=3, rank=rank, barrier=engine.barrier
     )
@@ -216,7 +217,7 @@ def scenario(args: argparse.Namespace) -> dict:
 
     def save(step: int) -> Path:
         def write(folder: Path) -> None:
-            engine.save(folder, rank)
+            engine.save(folder)
             if rank == 0:
                 save_config(cfg, folder / "config.yaml")
 
@@ -246,15 +247,15 @@ def scenario(args: argparse.Namespace) -> dict:
         engine.barrier()
         clock("save + export")
         result["export"] = str(exported)
-        fresh = build_engine(cfg, build_models(cfg, torch.device("cpu")), torch.device("cpu"), env)
-        fresh.load_weights(torch.load(exported, weights_only=False))
+        fresh = make_engine(cfg, build_models(cfg, torch.device("cpu")), torch.device("cpu"), env)
+        fresh.load_weights(torch.load(exported, weights_only=True))
         result["load_weights_features"] = probe_features(fresh)
         clips = normalize(global_batch(0, len(cfg.mask)).clips[:1])
-        out = fresh.forward(clips, rank_slice(global_batch(0, len(cfg.mask)), 0, GLOBAL_BATCH).masks)
+        masks = rank_slice(global_batch(0, len(cfg.mask)), 0, GLOBAL_BATCH).masks
+        out = fresh.model(clips, masks, target_features(fresh.target.module, clips))
         fresh.backward(out.loss)
-        fresh.step(
-            0.0, 0.0
-        )  # lr 0: weights come back from the fp32 masters, which must hold the loaded values
+        set_lr_wd(fresh.optimizer, 0.0, 0.0)
+        fresh.step()  # lr 0: weights come back from the fp32 masters, which must hold the loaded values
         result["load_weights_after_step"] = probe_features(fresh)
         fresh.close()
         clock("load_weights")
@@ -264,7 +265,7 @@ def scenario(args: argparse.Namespace) -> dict:
     if args.resume:
         engine.close()
         torch.manual_seed(12345 + rank)  # a fresh engine starts from other weights; the checkpoint must win
-        resumed = build_engine(cfg, build_models(cfg, torch.device("cpu")), torch.device("cpu"), env)
+        resumed = make_engine(cfg, build_models(cfg, torch.device("cpu")), torch.device("cpu"), env)
         resumed.load(ckpts.root / CheckpointManager.step_dir_name(half))
         result["resumed_records"] = run_steps(resumed, cfg, range(half, args.steps), rank, world)
         result["resumed_features"] = probe_features(resumed)

@@ -129,7 +129,7 @@ def assert_exports(got: dict) -> None:
     from vjepa.config import Config, from_dict
     from vjepa.models.builder import build_encoder
 
-    state = torch.load(got["export"], map_location="cpu", weights_only=False)
+    state = torch.load(got["export"], map_location="cpu", weights_only=True)
     assert set(state) == {"encoder", "predictor", "target_encoder", "config"}
     m, d = state["config"]["model"], state["config"]["data"]
     clips = worker.probe_clips()
@@ -256,7 +256,7 @@ def test_train_command_zero3_end_to_end(tmp_path: Path) -> None:
 
     out = tmp_path / "export.pt"
     assert main(["export", "--checkpoint", str(run_dir), "--out", str(out)]) == 0
-    state = torch.load(out, map_location="cpu", weights_only=False)
+    state = torch.load(out, map_location="cpu", weights_only=True)
     assert state["config"]["dist"]["zero_stage"] == 3
     assert state["encoder"]["blocks.0.attn.qkv.weight"].shape == (3 * 48, 48)
     assert not torch.equal(
@@ -267,9 +267,20 @@ def test_train_command_zero3_end_to_end(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- in-process
 
 
-def test_deepspeed_config_is_derived_from_ours() -> None:
-    from vjepa.distributed.deepspeed_config import deepspeed_config
+def deepspeed_config(cfg, world_size: int) -> dict:
+    """DeepSpeed's config for the sections of `cfg` that the DeepSpeed engine receives."""
+    from vjepa.distributed.deepspeed_config import deepspeed_config as derive
 
+    return derive(
+        cfg.dist,
+        world_size=world_size,
+        micro_batch=cfg.data.batch_size,
+        grad_clip=cfg.optim.grad_clip,
+        precision=cfg.train.precision,
+    )
+
+
+def test_deepspeed_config_is_derived_from_ours() -> None:
     cfg = worker.make_config(
         "deepspeed",
         3,
@@ -309,7 +320,6 @@ def test_deepspeed_config_is_derived_from_ours() -> None:
     ],
 )
 def test_deepspeed_raw_keys_that_contradict_ours_are_errors(override: str, key: str) -> None:
-    from vjepa.distributed.deepspeed_config import deepspeed_config
 
     cfg = worker.make_config("deepspeed", 2, "fp32", 2, ".", [override])
     with pytest.raises(ValueError, match=f"dist.deepspeed.{key}"):
@@ -317,12 +327,12 @@ def test_deepspeed_raw_keys_that_contradict_ours_are_errors(override: str, key: 
 
 
 def test_single_backend_refuses_several_processes() -> None:
-    from vjepa.distributed.engine import build_engine
     from vjepa.distributed.env import DistEnv
+    from vjepa.train.trainer import make_engine
 
     cfg = worker.make_config("single", 0, "fp32", 1, ".", [])
     with pytest.raises(ValueError, match="dist.backend=single"):
-        build_engine(
+        make_engine(
             cfg,
             worker.build_models(cfg, torch.device("cpu")),
             torch.device("cpu"),
@@ -347,17 +357,18 @@ def test_failed_process_group_start_raises(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_ddp_backend_launched_alone_runs_in_a_group_of_one(tmp_path: Path) -> None:
-    from vjepa.distributed.ddp import DDPEngine
-    from vjepa.distributed.engine import build_engine
+    from torch.nn.parallel import DistributedDataParallel
+
     from vjepa.distributed.env import DistEnv
     from vjepa.distributed.process_group import stop_process_group
+    from vjepa.train.trainer import make_engine
 
     cfg = worker.make_config("ddp", 0, "fp32", 1, str(tmp_path), [])
     try:
-        engine = build_engine(
+        engine = make_engine(
             cfg, worker.build_models(cfg, torch.device("cpu")), torch.device("cpu"), DistEnv()
         )
-        assert isinstance(engine, DDPEngine) and torch.distributed.get_world_size() == 1
+        assert isinstance(engine.model, DistributedDataParallel) and torch.distributed.get_world_size() == 1
         records = worker.run_steps(engine, cfg, range(2), rank=0, world=1)
         assert all(r["applied"] and math.isfinite(r["loss"]) for r in records)
     finally:
@@ -365,26 +376,27 @@ def test_ddp_backend_launched_alone_runs_in_a_group_of_one(tmp_path: Path) -> No
 
 
 def test_export_repacks_a_single_process_checkpoint(tmp_path: Path) -> None:
+    from vjepa.checkpoint import CheckpointManager, resolve_checkpoint
     from vjepa.config import save_config
-    from vjepa.distributed.engine import SingleEngine
-    from vjepa.distributed.export import export_checkpoint, resolve_checkpoint
-    from vjepa.train.checkpoint import CheckpointManager
+    from vjepa.distributed.env import DistEnv
+    from vjepa.distributed.export import export_checkpoint
+    from vjepa.train.trainer import make_engine
 
     cfg = worker.make_config("single", 0, "fp32", 1, str(tmp_path), [])
-    engine = SingleEngine(cfg, worker.build_models(cfg, torch.device("cpu")), torch.device("cpu"))
+    engine = make_engine(cfg, worker.build_models(cfg, torch.device("cpu")), torch.device("cpu"), DistEnv())
 
     def write(folder: Path) -> None:
-        engine.save(folder, 0)
+        engine.save(folder)
         save_config(cfg, folder / "config.yaml")
 
     folder = CheckpointManager(tmp_path / "checkpoints").save(3, write)
     assert resolve_checkpoint(tmp_path) == folder == resolve_checkpoint(tmp_path / "checkpoints")
-    state = torch.load(export_checkpoint(tmp_path, tmp_path / "out.pt"), weights_only=False)
+    state = torch.load(export_checkpoint(tmp_path, tmp_path / "out.pt"), weights_only=True)
     assert set(state) == {"encoder", "predictor", "target_encoder", "config"}
     for key, module in (
         ("encoder", engine.module.encoder),
         ("predictor", engine.module.predictor),
-        ("target_encoder", engine.target),
+        ("target_encoder", engine.target.module),
     ):
         live = module.state_dict()
         assert state[key].keys() == live.keys() and all(torch.equal(state[key][k], live[k]) for k in live)

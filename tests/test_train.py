@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from vjepa.checkpoint import CheckpointManager
 from vjepa.config import OptimConfig, load_config
-from vjepa.train.checkpoint import CheckpointManager
-from vjepa.train.ema import ema_update, make_target
+from vjepa.distributed.target import ema_update, make_target
 from vjepa.train.optim import param_groups
 from vjepa.train.schedules import lr_at, momentum_at, values_at, weight_decay_at
 
@@ -138,7 +138,7 @@ def _losses(run_dir: Path) -> dict[int, float]:
 
 
 def _final_state(run_dir: Path) -> dict:
-    return torch.load(run_dir / "checkpoints" / "step_00000012" / "model.pt", weights_only=False)
+    return torch.load(run_dir / "checkpoints" / "step_00000012" / "model.pt", weights_only=True)
 
 
 def test_resume_after_sigkill_is_exact(tmp_path):
@@ -191,24 +191,24 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     from vjepa.train import trainer
 
     cfg = tiny_config(tmp_path, "train.steps=10", "checkpoint.every_steps=2", "train.max_bad_steps=3")
-    from vjepa.distributed import engine as engine_mod
+    from vjepa import objective
 
-    real_forward = engine_mod.SingleEngine.forward
+    real_loss = objective.jepa_loss
     calls = {"n": 0}
 
-    def poisoned(self, clips, masks):
+    def poisoned(*args, **kwargs):
         calls["n"] += 1
-        out = real_forward(self, clips, masks)
+        out = real_loss(*args, **kwargs)
         if calls["n"] > 4:  # steps 0-3 are healthy, then every loss is NaN
             out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(engine_mod.SingleEngine, "forward", poisoned)
+    monkeypatch.setattr(objective, "jepa_loss", poisoned)
     with pytest.raises(RuntimeError, match="train.max_bad_steps"):
         trainer.train(cfg)
     latest = CheckpointManager(tmp_path / "checkpoints").latest()
     assert latest is not None and latest.name == "step_00000004"
-    state = torch.load(latest / "model.pt", weights_only=False)
+    state = torch.load(latest / "model.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["encoder"].values())
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in rows] == [0, 0, 0, 0, 1, 2, 3]
@@ -219,7 +219,7 @@ def test_run_folder_has_config_env_logs_and_tensorboard(tmp_path):
 
     cfg = tiny_config(tmp_path, "train.steps=3", "log.tensorboard=true")
     summary = train(cfg)
-    assert summary["start_step"] == 0 and len(summary["losses"]) == 3
+    assert summary.start_step == 0 and summary.steps_run == 3
     assert load_config(tmp_path / "config.yaml") == cfg
     assert json.loads((tmp_path / "env.json").read_text())["world_size"] == 1
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
@@ -227,7 +227,7 @@ def test_run_folder_has_config_env_logs_and_tensorboard(tmp_path):
     assert rows[-1]["data_skipped"] == 0
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     again = train(cfg)  # a finished run resumes at its end and does nothing more
-    assert again["start_step"] == 3 and again["losses"] == []
+    assert again.start_step == 3 and again.steps_run == 0
 
 
 @pytest.mark.parametrize(

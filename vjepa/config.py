@@ -12,12 +12,22 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from data_pipelines.checks import check, check_choice, check_choices, literal_values
 from data_pipelines.config import DataConfig
 from data_pipelines.masking import MaskSpec, default_mask_specs
+from vjepa.utils import deep_merge, resolve_device
+
+PosEmbed = Literal["sincos", "rope"]  # sincos: fixed 3D sin-cos (V-JEPA 1); rope: 3D rotary (V-JEPA 2)
+Attention = Literal["sdpa", "xformers"]  # xformers: CUDA only
+Schedule = Literal["vjepa1", "vjepa2"]  # vjepa1: warmup + cosine; vjepa2: warmup + constant [+ cooldown]
+Precision = Literal["bf16", "fp32"]  # bf16: autocast with fp32 weights
+Device = Literal["auto", "cpu", "cuda"]
+Backend = Literal["single", "ddp", "deepspeed"]
+ZeroStage = Literal[0, 1, 2, 3]
 
 
 @dataclass
@@ -25,17 +35,31 @@ class ModelConfig:
     name: str = "vit_large"  # encoder size, see vjepa.models.registry
     patch_size: int = 16
     tubelet_size: int = 2
-    pos_embed: str = "sincos"  # sincos (fixed 3D sin-cos, V-JEPA 1) | rope (3D rotary, V-JEPA 2)
-    attention: str = "sdpa"  # sdpa | xformers (CUDA only)
+    pos_embed: PosEmbed = "sincos"
+    attention: Attention = "sdpa"
     activation_checkpointing: bool = False
     pred_width: int = 384
     pred_depth: int = 12
     pred_heads: int = 16
 
+    def validate(self, prefix: str = "model") -> None:
+        from vjepa.models.registry import MODEL_SIZES
+
+        check_choices(self, prefix)
+        known = ", ".join(MODEL_SIZES)
+        check(self.name in MODEL_SIZES, f"{prefix}.name", f"unknown size {self.name!r} (known: {known})")
+        for key in ("patch_size", "tubelet_size", "pred_width", "pred_depth", "pred_heads"):
+            check(getattr(self, key) >= 1, f"{prefix}.{key}", "must be >= 1")
+        check(
+            self.pred_width % self.pred_heads == 0,
+            f"{prefix}.pred_width",
+            f"must be divisible by {prefix}.pred_heads",
+        )
+
 
 @dataclass
 class OptimConfig:
-    schedule: str = "vjepa1"  # vjepa1 (warmup + cosine) | vjepa2 (warmup + constant [+ cooldown])
+    schedule: Schedule = "vjepa1"
     lr: float = 6.25e-4  # peak learning rate
     start_lr: float = 2e-4
     final_lr: float = 1e-6
@@ -50,12 +74,25 @@ class OptimConfig:
     schedule_scale: float = 1.25  # schedules are defined over this multiple of train.steps
     cooldown_steps: int = 0  # vjepa2: linear lr decay over the last steps (a separate phase)
 
+    def validate(self, prefix: str = "optim") -> None:
+        check_choices(self, prefix)
+        check(self.lr > 0, f"{prefix}.lr", "must be > 0")
+        check(0 <= self.warmup_steps, f"{prefix}.warmup_steps", "must be >= 0")
+        check(
+            0.0 <= self.ema_start <= self.ema_end <= 1.0,
+            f"{prefix}.ema_start",
+            "need 0 <= ema_start <= ema_end <= 1",
+        )
+        check(self.schedule_scale >= 1.0, f"{prefix}.schedule_scale", "must be >= 1")
+        check(self.cooldown_steps >= 0, f"{prefix}.cooldown_steps", "must be >= 0")
+        check(self.grad_clip is None or self.grad_clip > 0, f"{prefix}.grad_clip", "must be > 0 or null")
+
 
 @dataclass
 class TrainConfig:
     steps: int = 100
-    precision: str = "bf16"  # bf16 (autocast, fp32 weights) | fp32
-    device: str = "auto"  # auto | cpu | cuda
+    precision: Precision = "bf16"
+    device: Device = "auto"
     seed: int = 0
     out_dir: str = "runs/default"
     max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
@@ -63,14 +100,22 @@ class TrainConfig:
     # a checkpoint's model.pt or a `vjepa export` file. Ignored when the run folder has a checkpoint.
     init_from: str | None = None
 
+    def validate(self, prefix: str = "train") -> None:
+        check_choices(self, prefix)
+        check(self.steps >= 1, f"{prefix}.steps", "must be >= 1")
+        check(self.max_bad_steps >= 1, f"{prefix}.max_bad_steps", "must be >= 1")
+
 
 @dataclass
 class DistConfig:
-    backend: str = "single"  # single | ddp | deepspeed
-    zero_stage: int = 2
+    backend: Backend = "single"
+    zero_stage: ZeroStage = 2
     deepspeed: dict[str, Any] = field(
         default_factory=dict
     )  # raw DeepSpeed keys merged over the derived config
+
+    def validate(self, prefix: str = "dist") -> None:
+        check_choices(self, prefix)
 
 
 @dataclass
@@ -78,6 +123,13 @@ class CheckpointConfig:
     every_steps: int = 1000
     keep_last: int = 2
     resume: bool = True  # resume from the latest checkpoint in train.out_dir when there is one
+    save_init: bool = (
+        True  # a fresh run writes its initial weights (<run>/init_model.pt: the random baseline)
+    )
+
+    def validate(self, prefix: str = "checkpoint") -> None:
+        check(self.every_steps >= 1, f"{prefix}.every_steps", "must be >= 1")
+        check(self.keep_last >= 1, f"{prefix}.keep_last", "must be >= 1")
 
 
 @dataclass
@@ -88,6 +140,13 @@ class LogConfig:
     tensorboard: bool = True
     monitor_every: int = 20  # steps between collapse monitors (effective dim, clip-constant share); 0: off
     collapse_warn_fraction: float = 0.5  # warn when an effective dim falls below this x its first value
+
+    def validate(self, prefix: str = "log") -> None:
+        check(self.every_steps >= 1, f"{prefix}.every_steps", "must be >= 1")
+        check(self.monitor_every >= 0, f"{prefix}.monitor_every", "must be >= 0 (0 turns the monitors off)")
+        check(
+            0.0 < self.collapse_warn_fraction < 1.0, f"{prefix}.collapse_warn_fraction", "must be in (0, 1)"
+        )
 
 
 @dataclass
@@ -101,15 +160,34 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
+    def validate(self) -> None:
+        """Every section checks itself (errors name the dotted key), then the checks across sections."""
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "validate"):
+                section.validate(f.name)
+        check(len(self.mask) >= 1, "mask", "needs at least one mask configuration")
+        for i, spec in enumerate(self.mask):
+            spec.validate(f"mask.{i}")
+        m, d, t = self.model, self.data, self.train
+        check(
+            d.frames_per_clip % m.tubelet_size == 0,
+            "data.frames_per_clip",
+            f"{d.frames_per_clip} is not divisible by model.tubelet_size={m.tubelet_size}",
+        )
+        check(
+            d.crop_size % m.patch_size == 0,
+            "data.crop_size",
+            f"{d.crop_size} is not divisible by model.patch_size={m.patch_size}",
+        )
+        if m.attention == "xformers":  # fail before any work where it cannot run (no CPU kernels)
+            from vjepa.layers.attention import check_backend
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "model.pos_embed": ("sincos", "rope"),
-    "model.attention": ("sdpa", "xformers"),
-    "optim.schedule": ("vjepa1", "vjepa2"),
-    "train.precision": ("bf16", "fp32"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "dist.backend": ("single", "ddp", "deepspeed"),
-}
+            device = "cuda" if t.device == "cuda" else resolve_device(t.device, key="train.device").type
+            try:
+                check_backend("xformers", device)
+            except ValueError as err:
+                raise ValueError(f"{err} (train.device={t.device})") from None
 
 
 # ----------------------------------------------------------------------------- typed conversion
@@ -118,6 +196,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Checks `value` against the annotation `tp` and converts containers; errors name `key`."""
     origin = typing.get_origin(tp)
+    choices = literal_values(tp)
+    if choices is not None:
+        check_choice(value, choices, key)
+        return value
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(tp)
         if value is None and type(None) in options:
@@ -211,20 +293,6 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """Deep-merges mapping `over` into `base` (lists and scalars are replaced)."""
-    out = dict(base)
-    for key, value in over.items():
-        full = f"{prefix}.{key}" if prefix else str(key)
-        if key not in base:
-            raise ValueError(f"unknown config key '{full}'")
-        if isinstance(base[key], dict) and isinstance(value, dict) and not full.startswith("dist.deepspeed"):
-            out[key] = _merge(base[key], value, full)
-        else:
-            out[key] = value
-    return out
-
-
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Applies one `dotted.key=value` override in place; the value is parsed as YAML (so 1e-3, true, [1, 2])."""
     if "=" not in assignment:
@@ -259,78 +327,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a config file must hold a mapping at the top level")
         try:
-            data = _merge(data, loaded, "")
+            data = deep_merge(data, loaded, strict=True, open_keys=("dist.deepspeed",))
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
     for assignment in overrides:
         apply_override(data, assignment)
     cfg = from_dict(Config, data)
-    validate(cfg)
+    cfg.validate()
     return cfg
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-# ----------------------------------------------------------------------------- consistency checks
-
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ValueError(f"{key}: {message}")
-
-
-def validate(cfg: Config) -> None:
-    """Cross-field checks; every error names the key at fault."""
-    from vjepa.models.registry import MODEL_SIZES
-
-    for key, choices in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        _check(value in choices, key, f"must be one of {choices}, got {value!r}")
-    m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
-    _check(m.name in MODEL_SIZES, "model.name", f"unknown size {m.name!r} (known: {', '.join(MODEL_SIZES)})")
-    for key in ("patch_size", "tubelet_size", "pred_width", "pred_depth", "pred_heads"):
-        _check(getattr(m, key) >= 1, f"model.{key}", "must be >= 1")
-    _check(m.pred_width % m.pred_heads == 0, "model.pred_width", "must be divisible by model.pred_heads")
-    _check(
-        d.frames_per_clip % m.tubelet_size == 0,
-        "data.frames_per_clip",
-        f"{d.frames_per_clip} is not divisible by model.tubelet_size={m.tubelet_size}",
-    )
-    _check(
-        d.crop_size % m.patch_size == 0,
-        "data.crop_size",
-        f"{d.crop_size} is not divisible by model.patch_size={m.patch_size}",
-    )
-    if m.attention == "xformers":  # fail before any work where it cannot run (no CPU kernels)
-        import torch
-
-        from vjepa.layers.attention import check_backend
-
-        cuda = t.device == "cuda" or (t.device == "auto" and torch.cuda.is_available())
-        try:
-            check_backend("xformers", "cuda" if cuda else "cpu")
-        except ValueError as err:
-            raise ValueError(f"{err} (train.device={t.device})") from None
-    _check(len(cfg.mask) >= 1, "mask", "needs at least one mask configuration")
-    for i, spec in enumerate(cfg.mask):
-        if hasattr(spec, "validate"):
-            spec.validate(f"mask.{i}")
-    if hasattr(d, "validate"):
-        d.validate("data")
-    _check(t.steps >= 1, "train.steps", "must be >= 1")
-    _check(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
-    _check(o.lr > 0, "optim.lr", "must be > 0")
-    _check(0 <= o.warmup_steps, "optim.warmup_steps", "must be >= 0")
-    _check(0.0 <= o.ema_start <= o.ema_end <= 1.0, "optim.ema_start", "need 0 <= ema_start <= ema_end <= 1")
-    _check(o.schedule_scale >= 1.0, "optim.schedule_scale", "must be >= 1")
-    _check(o.cooldown_steps >= 0, "optim.cooldown_steps", "must be >= 0")
-    _check(o.grad_clip is None or o.grad_clip > 0, "optim.grad_clip", "must be > 0 or null")
-    _check(cfg.dist.zero_stage in (0, 1, 2, 3), "dist.zero_stage", "must be 0, 1, 2 or 3")
-    _check(cfg.checkpoint.every_steps >= 1, "checkpoint.every_steps", "must be >= 1")
-    _check(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
-    _check(cfg.log.every_steps >= 1, "log.every_steps", "must be >= 1")
-    _check(cfg.log.monitor_every >= 0, "log.monitor_every", "must be >= 0 (0 turns the monitors off)")
-    _check(0.0 < cfg.log.collapse_warn_fraction < 1.0, "log.collapse_warn_fraction", "must be in (0, 1)")

@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vjepa.distributed.export import export_checkpoint, resolve_checkpoint
+    from vjepa.checkpoint import resolve_checkpoint
+    from vjepa.distributed.export import export_checkpoint
 
     folder = resolve_checkpoint(args.checkpoint)
     out = export_checkpoint(folder, args.out)

@@ -4,6 +4,7 @@ torchrun or under srun)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 
@@ -27,6 +28,6 @@ def run(args: argparse.Namespace) -> int:
     from vjepa.train.trainer import train
 
     summary = train(cfg)
-    if summary["rank"] == 0:
-        print(json.dumps({k: v for k, v in summary.items() if k != "losses"}))
+    if summary.rank == 0:
+        print(json.dumps(dataclasses.asdict(summary)))
     return 0

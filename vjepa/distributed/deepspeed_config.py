@@ -8,21 +8,10 @@ precision, with `dist.deepspeed` raw keys deep-merged on top and checked against
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-from vjepa.config import Config
-
-
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """`over` merged into a copy of `base`; nested mappings merge, everything else is replaced."""
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(out.get(key), dict) and isinstance(value, dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+from vjepa.config import DistConfig
+from vjepa.utils import deep_merge
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -30,20 +19,23 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ValueError(f"dist.deepspeed.{key}: {message}")
 
 
-def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
-    """DeepSpeed's config derived from ours, with `dist.deepspeed` raw keys deep-merged on top and checked."""
+def deepspeed_config(
+    dist: DistConfig, *, world_size: int, micro_batch: int, grad_clip: float | None, precision: str
+) -> dict[str, Any]:
+    """DeepSpeed's config derived from ours (`micro_batch` = data.batch_size, `grad_clip` = optim.grad_clip,
+    `precision` = train.precision), with `dist.deepspeed` raw keys deep-merged on top and checked."""
     derived: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": 1,
-        "train_batch_size": cfg.data.batch_size * world_size,
-        "gradient_clipping": float(cfg.optim.grad_clip or 0.0),
-        "zero_optimization": {"stage": cfg.dist.zero_stage},
+        "train_batch_size": micro_batch * world_size,
+        "gradient_clipping": float(grad_clip or 0.0),
+        "zero_optimization": {"stage": dist.zero_stage},
         "steps_per_print": 2**31 - 1,  # progress is logged by our trainer
         "wall_clock_breakdown": False,
     }
-    if cfg.train.precision == "bf16":
+    if precision == "bf16":
         derived["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
-    ds = deep_merge(derived, cfg.dist.deepspeed)
+    ds = deep_merge(derived, dist.deepspeed)
     _require(
         not ds.get("fp16", {}).get("enabled", False), "fp16", "fp16 is not supported; use train.precision"
     )
@@ -56,14 +48,14 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
     for key in ("optimizer", "scheduler"):
         _require(key not in ds, key, "the engine passes torch AdamW and sets lr/wd per step from optim.*")
     _require(
-        ds["zero_optimization"].get("stage") == cfg.dist.zero_stage,
+        ds["zero_optimization"].get("stage") == dist.zero_stage,
         "zero_optimization.stage",
-        f"disagrees with dist.zero_stage={cfg.dist.zero_stage}",
+        f"disagrees with dist.zero_stage={dist.zero_stage}",
     )
     _require(
-        ds["train_micro_batch_size_per_gpu"] == cfg.data.batch_size,
+        ds["train_micro_batch_size_per_gpu"] == micro_batch,
         "train_micro_batch_size_per_gpu",
-        f"must equal data.batch_size={cfg.data.batch_size}",
+        f"must equal data.batch_size={micro_batch}",
     )
     _require(
         ds["gradient_accumulation_steps"] == 1,
@@ -71,12 +63,12 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
         "must be 1 (one backward per step)",
     )
     _require(
-        ds["train_batch_size"] == cfg.data.batch_size * world_size,
+        ds["train_batch_size"] == micro_batch * world_size,
         "train_batch_size",
-        f"must equal data.batch_size x world size = {cfg.data.batch_size * world_size}",
+        f"must equal data.batch_size x world size = {micro_batch * world_size}",
     )
     _require(
-        float(ds["gradient_clipping"]) == float(cfg.optim.grad_clip or 0.0),
+        float(ds["gradient_clipping"]) == float(grad_clip or 0.0),
         "gradient_clipping",
         "set optim.grad_clip instead",
     )

@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO (stages 0-3; 1-3 shard) as a training engine with the same surface as SingleEngine.
+"""DeepSpeed ZeRO (stages 0-3; 1-3 shard) as a training `Engine` (see engine.py).
 
 - The JepaModel (encoder + predictor) trains inside a DeepSpeed engine; the optimizer is our torch AdamW with
   our parameter groups (a config-declared DeepSpeed AdamW JIT-compiles a C++ op). lr and weight decay are
@@ -9,35 +9,34 @@
   would cast the model to bf16 and is rejected. With torch_autocast, DeepSpeed communicates Linear/Conv
   gradients (and ZeRO-3 gathers those weights) in bf16; set
   `dist.deepspeed.torch_autocast.lower_precision_safe_modules=[]` to keep all communication in fp32.
-- EMA target in fp32: a replicated plain module for stages 0-2 (parameters are full on every rank after
-  each step); under ZeRO-3 it is partitioned like the encoder and updated shard-locally (see zero_ema.py).
-- Non-finite steps: the loss is checked before backward (trainer); after backward the global gradient norm
-  (computed from each rank's gradient partition and all-reduced) decides, identically on every rank,
-  whether to step. A skipped step discards the gradients through ZeRO's own overflow path.
+- EMA target in fp32: a ReplicatedTarget for stages 0-2 (parameters are full on every rank after each
+  step); under ZeRO-3 a PartitionedTarget, partitioned like the encoder and updated shard-locally
+  (target.py, zero_ema.py).
+- Non-finite steps: the trainer checks the loss before backward and the global gradient norm (computed
+  here from each rank's gradient partition and all-reduced) after it, identically on every rank. A step
+  skipped after backward discards the gradients through ZeRO's own overflow path.
+- Clipping: DeepSpeed clips inside its step from `gradient_clipping` (= optim.grad_clip), so
+  `clip_gradients` has nothing left to do.
 - Checkpoints: DeepSpeed's sharded format under `<folder>/deepspeed/`, plus the target (`target.pt`, or one
   `target_rank{r}.pt` fp32 shard per rank under ZeRO-3).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
+import torch.distributed as torch_dist
 from torch import nn
 
-from data_pipelines.batch import MaskBatch
-from vjepa.config import Config
-from vjepa.distributed import zero_ema
+from vjepa.checkpoint import DEEPSPEED_TAG
+from vjepa.config import DistConfig
 from vjepa.distributed.deepspeed_config import deepspeed_config
-from vjepa.distributed.process_group import all_true
-from vjepa.models.jepa import JepaModel
-from vjepa.objective import JepaOutput, target_features
-from vjepa.train.ema import ema_update, make_target
-from vjepa.train.optim import build_optimizer, set_lr_wd
-
-TAG = "deepspeed"  # the sub-folder (DeepSpeed "tag") of a checkpoint folder holding DeepSpeed's files
-TARGET_FILE = "target.pt"
+from vjepa.distributed.engine import collectives
+from vjepa.distributed.target import PartitionedTarget, ReplicatedTarget
+from vjepa.models.weights import checked_weights
+from vjepa.objective import JepaModel
 
 
 def _import_deepspeed():
@@ -46,19 +45,6 @@ def _import_deepspeed():
     except ImportError as err:  # pragma: no cover - deepspeed is a declared dependency
         raise ImportError("dist.backend=deepspeed needs DeepSpeed: pip install 'deepspeed>=0.15'") from err
     return deepspeed
-
-
-def _weights_for(module: nn.Module, state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
-    """The parameter tensors of `state` for `module`, checked by name (position tables are ignored)."""
-    expected = {n for n, _ in module.named_parameters() if not n.endswith("pos_embed")}
-    given = {k for k in state if not k.endswith("pos_embed")}
-    given -= {n for n, _ in module.named_buffers()}
-    if expected != given:
-        raise ValueError(
-            f"train.init_from: '{name}' weights do not fit: missing {sorted(expected - given)}, "
-            f"unexpected {sorted(given - expected)}"
-        )
-    return {k: state[k] for k in expected}
 
 
 def skip_cpu_shm_op() -> None:
@@ -75,15 +61,25 @@ def skip_cpu_shm_op() -> None:
 def broadcast_module(module: nn.Module, src: int = 0) -> None:
     """Copies rank `src`'s parameters and buffers to every rank (ranks seed their RNGs differently)."""
     for t in list(module.parameters()) + list(module.buffers()):
-        dist.broadcast(t.data, src)
+        torch_dist.broadcast(t.data, src)
 
 
 class DeepSpeedEngine:
-    def __init__(self, cfg: Config, model: JepaModel, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: JepaModel,
+        optimizer_factory: Callable[[nn.Module], torch.optim.Optimizer],
+        *,
+        dist: DistConfig,
+        grad_clip: float | None,
+        precision: str,
+        micro_batch: int,
+        device: torch.device,
+    ) -> None:
         deepspeed = _import_deepspeed()
         from deepspeed.accelerator import get_accelerator
 
-        if not dist.is_initialized():
+        if not torch_dist.is_initialized():
             raise RuntimeError(
                 "DeepSpeedEngine needs a started process group (see vjepa.distributed.process_group)"
             )
@@ -95,41 +91,32 @@ class DeepSpeedEngine:
             )
         if accel == "cpu":
             skip_cpu_shm_op()
-        self.cfg, self.device = cfg, device
-        self.stage = cfg.dist.zero_stage
-        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        self.ds_config = deepspeed_config(cfg, self.world_size)
+        self.device, self.stage = device, dist.zero_stage
+        self.rank, self.world_size = torch_dist.get_rank(), torch_dist.get_world_size()
+        self.ds_config = deepspeed_config(
+            dist,
+            world_size=self.world_size,
+            micro_batch=micro_batch,
+            grad_clip=grad_clip,
+            precision=precision,
+        )
         model = model.to(device)
         broadcast_module(model)  # before the target copy; DeepSpeed would broadcast only its own module
-        target = make_target(model.encoder)
+        target = ReplicatedTarget(model.encoder)  # copied before ZeRO-3 partitions the encoder
         engine, optimizer, _, _ = deepspeed.initialize(
             model=model,
-            optimizer=build_optimizer(model, cfg.optim),
+            optimizer=optimizer_factory(model),
             config=self.ds_config,
             dist_init_required=False,
         )
+        self.target = (
+            PartitionedTarget(target.module, self.ds_config, self.world_size) if self.stage == 3 else target
+        )
         self.model, self.module, self.optimizer = engine, model, optimizer
         self.trainable = [p for p in model.parameters() if p.requires_grad]
-        self._target_engine = None
-        if self.stage == 3:
-            self.target, self._target_engine = zero_ema.partition_target(target, self.ds_config)
-        else:
-            self.target = target
-
-    # ------------------------------------------------------------------ collectives
-
-    def barrier(self) -> None:
-        dist.barrier()
-
-    def all_finite(self, flag: bool) -> bool:
-        """True only if `flag` holds on every rank (so all ranks skip a bad step together)."""
-        return all_true(flag, self.device)
+        self.barrier, self.all_finite = collectives(device)
 
     # ------------------------------------------------------------------ one step
-
-    def forward(self, clips: torch.Tensor, masks: list[MaskBatch]) -> JepaOutput:
-        targets = target_features(self.target, clips)  # under ZeRO-3 the target's hooks gather its params
-        return self.model(clips, masks, targets)
 
     def backward(self, loss: torch.Tensor) -> None:
         self.model.backward(loss)
@@ -143,7 +130,7 @@ class DeepSpeedEngine:
 
             local = [safe_get_local_grad(p) for p in self.trainable]  # this rank's fp32 gradient partitions
             sq = torch.stack([torch.linalg.vector_norm(g.float()) ** 2 for g in local if g is not None]).sum()
-            dist.all_reduce(sq)
+            torch_dist.all_reduce(sq)
             norm = sq.sqrt()
         elif self.stage in (1, 2):
             norm = self.optimizer.scaled_global_norm()  # partition norms, all-reduced; -1 marks inf/NaN
@@ -153,66 +140,44 @@ class DeepSpeedEngine:
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
         return norm.detach().float().cpu()
 
-    def step(self, lr: float, weight_decay: float) -> tuple[float, bool]:
-        """Checks the gradients are finite on all ranks, then clips (DeepSpeed) and steps.
-        -> (pre-clip global grad norm, applied)."""
-        norm = self.grad_norm()
-        finite = self.all_finite(bool(torch.isfinite(norm)))
-        if not finite:
-            self._discard_gradients()
-            return float(norm), False
-        set_lr_wd(self.optimizer, lr, weight_decay)
+    def clip_gradients(self, max_norm: float, total_norm: torch.Tensor) -> None:
+        """Nothing to do: DeepSpeed clips in `step` from its `gradient_clipping` (= optim.grad_clip)."""
+
+    def step(self) -> None:
         self.model.step()
         if not self.model.was_step_applied():
             raise RuntimeError("DeepSpeed skipped a step whose gradients were finite on every rank")
-        return float(norm), True
 
-    def _discard_gradients(self) -> None:
-        if self.stage == 0:
+    def drop_gradients(self, after_backward: bool) -> None:
+        """Discards this step's gradients. Before backward nothing was accumulated; after it, ZeRO's overflow
+        path drops the reduced partitions and resets its accumulation counters (in fp32, with no loss
+        scaling, it only runs when the gradient norm is invalid, which is why we are here)."""
+        if not after_backward or self.stage == 0:
             self.model.zero_grad()
             return
-        # ZeRO's overflow path drops the reduced partitions and resets its accumulation counters; in fp32
-        # (no loss scaling) it only runs when the gradient norm is invalid, which is the case here.
         self.model.step()
         if self.model.was_step_applied():
             raise RuntimeError("DeepSpeed applied a step whose gradients were non-finite")
 
-    def skip(self) -> None:
-        """Called instead of backward/step when the loss is non-finite: nothing was accumulated yet."""
-        self.model.zero_grad()
-
-    def ema(self, momentum: float) -> None:
-        if self.stage == 3:
-            zero_ema.zero3_ema_update(self.target, self.module.encoder, momentum)
-        else:
-            ema_update(self.target, self.module.encoder, momentum)
-
     # ------------------------------------------------------------------ checkpoints
 
-    def save(self, folder: Path, rank: int = 0) -> None:
-        """Collective: every rank writes its DeepSpeed shards and (ZeRO-3) its target shard into `folder`."""
-        folder = Path(folder)
-        self.model.save_checkpoint(str(folder), tag=TAG, save_latest=False)
-        if self.stage == 3:
-            zero_ema.save_shard(self.target, folder, self.rank, self.world_size)
-        elif self.rank == 0:
-            torch.save(self.target.state_dict(), folder / TARGET_FILE)
+    def save(self, folder: Path) -> None:
+        """Collective: every rank writes its DeepSpeed shards and its part of the target into `folder`."""
+        self.model.save_checkpoint(str(folder), tag=DEEPSPEED_TAG, save_latest=False)
+        self.target.save(Path(folder), self.rank)
 
     def load(self, folder: Path) -> None:
         folder = Path(folder)
-        if not (folder / TAG).is_dir():
-            raise ValueError(f"{folder}: no DeepSpeed checkpoint (expected the folder {folder / TAG})")
+        if not (folder / DEEPSPEED_TAG).is_dir():
+            raise ValueError(
+                f"{folder}: no DeepSpeed checkpoint (expected the folder {folder / DEEPSPEED_TAG})"
+            )
         path, _ = self.model.load_checkpoint(
-            str(folder), tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=False
+            str(folder), tag=DEEPSPEED_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
         )
         if path is None:
-            raise ValueError(f"{folder / TAG}: DeepSpeed could not load this checkpoint")
-        if self.stage == 3:
-            zero_ema.load_shard(self.target, folder, self.rank, self.world_size)
-        else:
-            if not (folder / TARGET_FILE).is_file():
-                raise ValueError(f"{folder}: missing {TARGET_FILE} (saved with dist.zero_stage=3?)")
-            self.target.load_state_dict(torch.load(folder / TARGET_FILE, map_location=self.device))
+            raise ValueError(f"{folder / DEEPSPEED_TAG}: DeepSpeed could not load this checkpoint")
+        self.target.load(folder, self.rank)
 
     @torch.no_grad()
     def load_weights(self, state: dict) -> None:
@@ -223,7 +188,7 @@ class DeepSpeedEngine:
         from deepspeed.utils import safe_set_full_fp32_param
 
         for module, key in ((self.module.encoder, "encoder"), (self.module.predictor, "predictor")):
-            weights = _weights_for(module, state[key], key)
+            weights = checked_weights(module, state[key], f"train.init_from: '{key}'")
             params = dict(module.named_parameters())
             with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=0):
                 for name, p in params.items():
@@ -231,15 +196,11 @@ class DeepSpeedEngine:
             if self.stage > 0:
                 for name, p in params.items():
                     safe_set_full_fp32_param(p, weights[name].float())
-        weights = _weights_for(self.target, state["target_encoder"], "target_encoder")
-        if self.stage == 3:
-            zero_ema.load_full(self.target, weights)
-        else:
-            for name, p in self.target.named_parameters():
-                p.copy_(weights[name])
+        self.target.load_full(state["target_encoder"], "train.init_from: 'target_encoder'")
 
     def close(self) -> None:
         """Releases DeepSpeed's hooks and buffers (before the process group goes away)."""
-        for engine in (self._target_engine, self.model):
-            if engine is not None and hasattr(engine, "destroy"):
-                engine.destroy()
+        if isinstance(self.target, PartitionedTarget):
+            self.target.close()
+        if hasattr(self.model, "destroy"):
+            self.model.destroy()

@@ -1,55 +1,76 @@
-"""Training engines: how the JEPA model is wrapped, stepped, EMA-updated and checkpointed.
+"""Training engines: what differs by parallel backend, and nothing else.
 
-Every engine exposes the same small surface that `vjepa.train.trainer.train_step` uses:
-`forward(clips, masks)`, `backward(loss)`, `step(lr, weight_decay)`, `skip()`, `ema(momentum)`,
-`all_finite(flag)`, `save(folder, rank)`, `load(folder)`, `close()`, plus `module` (the unwrapped
-JepaModel), `target` (the EMA encoder), `optimizer` and `barrier()`.
+`vjepa.train.trainer.train_step` is the V-JEPA update itself (targets, loss, finite checks, backward,
+clipping, optimizer step, EMA). It calls an `Engine` only for what the backend decides: how the forward is
+wrapped (so gradients get reduced), how backward and the optimizer step run, how the global gradient norm is
+computed, where the EMA target's weights live, and how the weights are checkpointed.
 
-Engines: SingleEngine (here), DDPEngine (ddp.py), DeepSpeedEngine (deepspeed_engine.py), chosen by
-`build_engine` from `dist.backend`.
+Engines: `TorchEngine` (one process, or DDP when the model is wrapped in DistributedDataParallel) and
+`DeepSpeedEngine` (deepspeed_engine.py, ZeRO stages 0-3), chosen by `build_engine` from `dist.backend`.
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from data_pipelines.batch import MaskBatch
-from vjepa.config import Config
+from vjepa.checkpoint import MODEL_FILE, atomic_torch_save
+from vjepa.config import DistConfig, OptimConfig
+from vjepa.distributed import process_group
 from vjepa.distributed.env import DistEnv
-from vjepa.models.jepa import JepaModel
-from vjepa.objective import JepaOutput, target_features
-from vjepa.train.checkpoint import atomic_torch_save
-from vjepa.train.ema import ema_update, make_target
-from vjepa.train.optim import build_optimizer, set_lr_wd
+from vjepa.distributed.target import ReplicatedTarget, Target
+from vjepa.models.weights import load_weights, read_torch_file
+from vjepa.objective import JepaModel
 
 
-class SingleEngine:
-    """One process (also the base of the DDP engine): plain modules, torch AdamW, fp32 EMA target."""
+class Engine(Protocol):
+    """Exactly what the trainer uses of an engine."""
 
-    def __init__(self, cfg: Config, model: JepaModel, device: torch.device) -> None:
-        self.cfg, self.device = cfg, device
-        self.module = model
-        self.model: nn.Module = model
-        self.target = make_target(model.encoder)
-        self.optimizer = build_optimizer(model, cfg.optim)
+    model: nn.Module  # what the forward goes through (a DDP/DeepSpeed wrapper, or the JepaModel itself)
+    module: JepaModel  # the unwrapped encoder + predictor
+    target: Target  # the EMA target encoder
+    optimizer: torch.optim.Optimizer  # whose param_groups receive the step's lr and weight decay
 
-    def barrier(self) -> None:
-        return None
+    def barrier(self) -> None: ...
+    def all_finite(self, flag: bool) -> bool: ...
+    def backward(self, loss: torch.Tensor) -> None: ...
+    def grad_norm(self) -> torch.Tensor: ...
+    def clip_gradients(self, max_norm: float, total_norm: torch.Tensor) -> None: ...
+    def step(self) -> None: ...
+    def drop_gradients(self, after_backward: bool) -> None: ...
+    def save(self, folder: Path) -> None: ...
+    def load(self, folder: Path) -> None: ...
+    def load_weights(self, state: dict) -> None: ...
+    def close(self) -> None: ...
 
-    def close(self) -> None:
-        """Releases what the engine holds besides memory (nothing for plain modules)."""
-        return None
 
-    def all_finite(self, flag: bool) -> bool:
-        """True only if `flag` holds on every rank (so all ranks skip a bad step together)."""
-        return flag
+def collectives(device: torch.device) -> tuple:
+    """(barrier, all_finite) for the current process group, or no-ops without one."""
+    return process_group.barrier, lambda flag: process_group.all_true(flag, device)
 
-    def forward(self, clips: torch.Tensor, masks: list[MaskBatch]) -> JepaOutput:
-        targets = target_features(self.target, clips)
-        return self.model(clips, masks, targets)
+
+class TorchEngine:
+    """Plain modules and torch AdamW, optionally wrapped in DistributedDataParallel (`wrapped`): every rank
+    holds full replicas, DDP averages the gradients in backward, the replicated fp32 target is updated
+    locally. Checkpoints: one `model.pt` written by rank 0."""
+
+    def __init__(
+        self,
+        model: JepaModel,
+        optimizer: torch.optim.Optimizer,
+        *,
+        device: torch.device,
+        wrapped: nn.Module | None = None,
+        rank: int = 0,
+    ) -> None:
+        self.module, self.model = model, wrapped if wrapped is not None else model
+        self.optimizer, self.device, self.rank = optimizer, device, rank
+        self.target: ReplicatedTarget = ReplicatedTarget(model.encoder)
+        self.barrier, self.all_finite = collectives(device)
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -58,86 +79,95 @@ class SingleEngine:
         grads = [p.grad for p in self.module.parameters() if p.grad is not None]
         return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
-    def step(self, lr: float, weight_decay: float) -> tuple[float, bool]:
-        """Clips (optional), checks the gradients are finite on all ranks, steps. -> (grad norm, applied)."""
-        norm = self.grad_norm()
-        if self.cfg.optim.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.optim.grad_clip)
-        finite = self.all_finite(bool(torch.isfinite(norm)))
-        if finite:
-            set_lr_wd(self.optimizer, lr, weight_decay)
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(norm), finite
+    def clip_gradients(self, max_norm: float, total_norm: torch.Tensor) -> None:
+        torch.nn.utils.clip_grads_with_norm_(self.module.parameters(), max_norm, total_norm)
 
-    def skip(self) -> None:
+    def step(self) -> None:
+        self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def ema(self, momentum: float) -> None:
-        ema_update(self.target, self.module.encoder, momentum)
+    def drop_gradients(self, after_backward: bool) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
 
-    def state(self) -> dict:
-        return {
-            "encoder": self.module.encoder.state_dict(),
-            "predictor": self.module.predictor.state_dict(),
-            "target_encoder": self.target.state_dict(),
-            "opt": self.optimizer.state_dict(),
-        }
+    def save(self, folder: Path) -> None:
+        if self.rank == 0:
+            state = {
+                "encoder": self.module.encoder.state_dict(),
+                "predictor": self.module.predictor.state_dict(),
+                "target_encoder": self.target.module.state_dict(),
+                "opt": self.optimizer.state_dict(),
+            }
+            atomic_torch_save(state, Path(folder) / MODEL_FILE)
 
-    def save(self, folder: Path, rank: int = 0) -> None:
-        if rank == 0:
-            atomic_torch_save(self.state(), folder / "model.pt")
+    def load(self, folder: Path) -> None:
+        state = read_torch_file(
+            Path(folder) / MODEL_FILE, what=f"checkpoint {folder}", map_location=self.device
+        )
+        self.module.encoder.load_state_dict(state["encoder"])
+        self.module.predictor.load_state_dict(state["predictor"])
+        self.target.module.load_state_dict(state["target_encoder"])
+        self.optimizer.load_state_dict(state["opt"])
 
     def load_weights(self, state: dict) -> None:
         """Encoder, predictor and target weights from a model file (a new phase: the optimizer starts
-        fresh). Fixed position tables are rebuilt for this run's clip size, so the saved ones are dropped."""
-        for module, key in (
-            (self.module.encoder, "encoder"),
-            (self.module.predictor, "predictor"),
-            (self.target, "target_encoder"),
-        ):
-            load_without_positions(module, state[key], key)
+        fresh); fixed position tables stay the ones built for this run's clip size."""
+        load_weights(self.module.encoder, state["encoder"], "train.init_from: 'encoder'")
+        load_weights(self.module.predictor, state["predictor"], "train.init_from: 'predictor'")
+        self.target.load_full(state["target_encoder"], "train.init_from: 'target_encoder'")
 
-    def load(self, folder: Path) -> None:
-        state = torch.load(folder / "model.pt", map_location=self.device, weights_only=False)
-        self.module.encoder.load_state_dict(state["encoder"])
-        self.module.predictor.load_state_dict(state["predictor"])
-        self.target.load_state_dict(state["target_encoder"])
-        self.optimizer.load_state_dict(state["opt"])
+    def close(self) -> None:
+        """Plain modules hold nothing besides memory."""
 
 
-def load_without_positions(module: nn.Module, state: dict, name: str) -> None:
-    state = {k: v for k, v in state.items() if not k.endswith("pos_embed")}
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("pos_embed")]
-    if missing or unexpected:
-        raise ValueError(
-            f"train.init_from: '{name}' weights do not fit: missing {missing}, unexpected {unexpected}"
-        )
+def _no_buffer_sync() -> dict[str, bool]:
+    """The DDP argument that turns off the per-forward buffer broadcast (renamed in recent torch)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
-def build_engine(cfg: Config, model: JepaModel, device: torch.device, env: DistEnv):
+def build_engine(
+    model: JepaModel,
+    optimizer_factory,
+    *,
+    optim: OptimConfig,
+    dist: DistConfig,
+    precision: str,
+    micro_batch: int,
+    device: torch.device,
+    env: DistEnv,
+) -> Engine:
     """The engine for `dist.backend`: single (one process), ddp, or deepspeed (ZeRO `dist.zero_stage`).
+    `optimizer_factory(module)` builds the torch optimizer over the module's parameter groups.
 
     ddp and deepspeed run in a process group, started here from `env` if the caller has not started one
     (a group of one when launched alone); a failed start raises instead of falling back to one process."""
-    backend = cfg.dist.backend
-    if backend == "single":
+    if dist.backend == "single":
         if env.world_size > 1:
             raise ValueError(
                 f"dist.backend=single but the launcher started {env.world_size} processes; "
                 "use dist.backend=ddp or dist.backend=deepspeed"
             )
-        return SingleEngine(cfg, model.to(device), device)
-    if backend not in ("ddp", "deepspeed"):
-        raise ValueError(f"dist.backend: unknown backend {backend!r} (known: single, ddp, deepspeed)")
-    from vjepa.distributed.process_group import start_process_group
+        model = model.to(device)
+        return TorchEngine(model, optimizer_factory(model), device=device)
+    if dist.backend not in ("ddp", "deepspeed"):
+        raise ValueError(f"dist.backend: unknown backend {dist.backend!r} (known: single, ddp, deepspeed)")
+    process_group.start_process_group(env, device)
+    if dist.backend == "deepspeed":
+        from vjepa.distributed.deepspeed_engine import DeepSpeedEngine
 
-    start_process_group(env, device)
-    if backend == "ddp":
-        from vjepa.distributed.ddp import DDPEngine
+        return DeepSpeedEngine(
+            model, optimizer_factory, dist=dist, grad_clip=optim.grad_clip, precision=precision,
+            micro_batch=micro_batch, device=device,
+        )  # fmt: skip
+    from torch.nn.parallel import DistributedDataParallel
 
-        return DDPEngine(cfg, model, device)
-    from vjepa.distributed.deepspeed_engine import DeepSpeedEngine
-
-    return DeepSpeedEngine(cfg, model, device)
+    model = model.to(device)
+    # DDP broadcasts rank 0's parameters and buffers here, so the target copied next is rank 0's too. The
+    # buffers (fixed position tables) never change, so they are not re-sent at every forward.
+    wrapped = DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, **_no_buffer_sync()
+    )
+    return TorchEngine(model, optimizer_factory(model), device=device, wrapped=wrapped, rank=env.rank)

@@ -9,36 +9,22 @@ shards written by `zero_ema.save_shard` are concatenated here.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 import yaml
 
+from vjepa.checkpoint import (
+    CONFIG_FILE,
+    DEEPSPEED_TAG,
+    MODEL_FILE,
+    TARGET_FILE,
+    TARGET_SHARD_FILE,
+    atomic_torch_save,
+    resolve_checkpoint,
+)
 from vjepa.distributed import zero_ema
-
-MODEL_FILE = "model.pt"
-DEEPSPEED_TAG = "deepspeed"  # mirrors deepspeed_engine.TAG without importing deepspeed
-TARGET_FILE = "target.pt"
-MARKER = "COMPLETE"
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint folder for a step folder, a `checkpoints/` folder or a run folder (newest complete)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ValueError(f"--checkpoint: no such folder {path}")
-    if (path / MODEL_FILE).is_file() or (path / DEEPSPEED_TAG).is_dir():
-        return path
-    from vjepa.train.checkpoint import CheckpointManager
-
-    for root in (path, path / "checkpoints"):
-        latest = CheckpointManager(root).latest() if root.is_dir() else None
-        if latest is not None:
-            return latest
-    raise ValueError(
-        f"--checkpoint: {path} holds no checkpoint (model.pt or deepspeed/) nor a complete step folder"
-    )
+from vjepa.models.weights import read_torch_file
 
 
 def _split(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -57,26 +43,26 @@ def _deepspeed_model_state(folder: Path) -> dict[str, torch.Tensor]:
     files = sorted(ds_dir.glob("mp_rank_*_model_states.pt"))  # ZeRO 0: full weights in the model file
     if not files:
         raise ValueError(f"{ds_dir}: no DeepSpeed model or optimizer state files")
-    return dict(torch.load(files[0], map_location="cpu", weights_only=False)["module"])
+    return dict(read_torch_file(files[0], what=f"checkpoint {folder}")["module"])
 
 
 def _target_state(folder: Path) -> dict[str, torch.Tensor]:
-    if (folder / zero_ema.SHARD_FILE.format(rank=0)).is_file():
+    if (folder / TARGET_SHARD_FILE.format(rank=0)).is_file():
         return zero_ema.consolidate_shards(folder)
     if (folder / TARGET_FILE).is_file():
-        return torch.load(folder / TARGET_FILE, map_location="cpu", weights_only=False)
-    raise ValueError(f"{folder}: no EMA target ({TARGET_FILE} or {zero_ema.SHARD_FILE.format(rank=0)})")
+        return read_torch_file(folder / TARGET_FILE, what=f"checkpoint {folder}")
+    raise ValueError(f"{folder}: no EMA target ({TARGET_FILE} or {TARGET_SHARD_FILE.format(rank=0)})")
 
 
 def consolidate(checkpoint: str | Path) -> dict:
     """The plain {"encoder", "predictor", "target_encoder", "config"} dict for a checkpoint folder."""
     folder = resolve_checkpoint(checkpoint)
-    config_file = folder / "config.yaml"
+    config_file = folder / CONFIG_FILE
     if not config_file.is_file():
-        raise ValueError(f"{folder}: missing config.yaml (needed to rebuild the models)")
+        raise ValueError(f"{folder}: missing {CONFIG_FILE} (needed to rebuild the models)")
     config = yaml.safe_load(config_file.read_text())
     if (folder / MODEL_FILE).is_file():  # single process or DDP
-        state = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=False)
+        state = read_torch_file(folder / MODEL_FILE, what=f"checkpoint {folder}")
         parts = {k: _split(state[k], "") for k in ("encoder", "predictor", "target_encoder")}
     else:
         model = _deepspeed_model_state(folder)
@@ -96,7 +82,5 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     out = Path(out)
     state = consolidate(checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, out)
+    atomic_torch_save(state, out)
     return out

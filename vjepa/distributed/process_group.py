@@ -80,8 +80,17 @@ def stop_process_group() -> None:
         dist.destroy_process_group()
 
 
+def barrier() -> None:
+    """Waits for every rank of the default group (nothing to wait for without one)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def all_true(flag: bool, device: torch.device) -> bool:
-    """True only if `flag` holds on every rank of the default group (one small all_reduce)."""
+    """True only if `flag` holds on every rank of the default group (one small all_reduce); `flag` itself
+    without a group."""
+    if not dist.is_initialized():
+        return flag
     value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return bool(value.item())

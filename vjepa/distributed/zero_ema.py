@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-SHARD_FILE = "target_rank{rank}.pt"
+from vjepa.checkpoint import TARGET_SHARD_FILE as SHARD_FILE
+from vjepa.models.weights import read_torch_file
 
 
 def partition_target(target: nn.Module, ds_config: dict) -> tuple[nn.Module, object]:
@@ -97,7 +98,7 @@ def load_shard(target: nn.Module, folder: Path, rank: int, world_size: int) -> N
         raise ValueError(
             f"{path}: missing ZeRO-3 target shard (was the checkpoint written with dist.zero_stage=3?)"
         )
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_torch_file(path, what=f"checkpoint {folder}")
     if state["world_size"] != world_size:
         raise ValueError(
             f"{path}: the target was saved by {state['world_size']} ranks, this run has {world_size}; "
@@ -126,10 +127,10 @@ def load_full(target: nn.Module, weights: dict[str, torch.Tensor]) -> None:
 def consolidate_shards(folder: Path) -> dict[str, torch.Tensor]:
     """A full fp32 state dict for the target from all ranks' shard files (offline; no process group)."""
     folder = Path(folder)
-    first = torch.load(folder / SHARD_FILE.format(rank=0), map_location="cpu", weights_only=False)
+    first = read_torch_file(folder / SHARD_FILE.format(rank=0), what=f"checkpoint {folder}")
     world = first["world_size"]
     states = [first] + [
-        torch.load(folder / SHARD_FILE.format(rank=r), map_location="cpu", weights_only=False)
+        read_torch_file(folder / SHARD_FILE.format(rank=r), what=f"checkpoint {folder}")
         for r in range(1, world)
     ]
     out: dict[str, torch.Tensor] = {}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from data_pipelines.transforms import normalize
 from vjepa.config import Config, from_dict
 from vjepa.eval.data import EvalClipSpec, EvalVideo, iter_eval_videos
 from vjepa.models.builder import build_encoder
+from vjepa.models.weights import LOAD_ERRORS, load_weights, read_torch_file
 
 __all__ = [
     "FeatureSet",
@@ -42,8 +42,6 @@ log = logging.getLogger(__name__)
 ClipTransform = Callable[[torch.Tensor], torch.Tensor]  # uint8 clips [B, C, T, c, c] -> same shape
 ENCODER_KEYS = {"target": "target_encoder", "context": "encoder"}
 POOLS = ("none", "mean")
-# what torch.load raises for a file that is not a (weights-only loadable) torch file
-LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError)
 
 
 @dataclass
@@ -98,12 +96,7 @@ def load_checkpoint_state(checkpoint: str | Path) -> dict[str, Any]:
         return consolidate(path)
     if not path.is_file():
         raise ValueError(f"--checkpoint: {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except LOAD_ERRORS as err:
-        raise ValueError(
-            f"--checkpoint: {path} is not a torch model file ({type(err).__name__}: {err})"
-        ) from err
+    state = read_torch_file(path, what="--checkpoint")
     if not isinstance(state, dict) or "config" not in state or not set(ENCODER_KEYS.values()) <= set(state):
         raise ValueError(
             f"--checkpoint: {path} is not an exported model file (expected keys encoder, target_encoder, "
@@ -151,14 +144,7 @@ def load_encoder(
             device="cpu",
         )
     if not random_init:
-        weights = {k: v for k, v in state[ENCODER_KEYS[which]].items() if k != "pos_embed"}
-        result = encoder.load_state_dict(weights, strict=False)
-        missing = set(result.missing_keys) - {"pos_embed"}
-        if missing or result.unexpected_keys:
-            raise ValueError(
-                f"the checkpoint's {ENCODER_KEYS[which]} does not fit a {m.name} encoder: missing "
-                f"{sorted(missing)[:5]}, unexpected {sorted(result.unexpected_keys)[:5]}"
-            )
+        load_weights(encoder, state[ENCODER_KEYS[which]], f"the checkpoint's {ENCODER_KEYS[which]} ({m.name})")
     return encoder.to(device).eval().requires_grad_(False)
 
 

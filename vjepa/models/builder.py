@@ -3,8 +3,6 @@ the target device and initialised there. Nothing here calls `.cuda()`."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -26,35 +24,12 @@ def token_grid(*, frames: int, crop: int | tuple[int, int], patch: int, tubelet:
     return frames // tubelet, h // patch, w // patch
 
 
-@torch.no_grad()
-def init_weights(model: nn.Module) -> None:
-    """Truncated normal (std 0.02) for Linear and Conv weights, zero biases, unit LayerNorms, fixed position
-    tables, zero mask tokens; residual output projections scaled by 1/sqrt(2 * layer)."""
-    for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv3d)):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        if hasattr(module, "reset_positions"):
-            module.reset_positions()
-    for name, param in model.named_parameters():
-        if "mask_tokens" in name:
-            nn.init.zeros_(param)
-    blocks = getattr(model, "blocks", None) or getattr(model, "predictor_blocks", None) or []
-    for layer, block in enumerate(blocks, start=1):
-        block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
-        block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer))
-
-
 def materialize(model: nn.Module, device: torch.device | str | None) -> nn.Module:
     """Allocates a meta-built model on `device` and initialises it; `device="meta"` keeps it abstract."""
     if device is not None and torch.device(device).type == "meta":
         return model
     model = model.to_empty(device=device or "cpu")
-    init_weights(model)
+    model.init_weights()
     return model
 
 

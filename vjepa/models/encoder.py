@@ -5,6 +5,8 @@ Shape legend: B batch, C channels, T frames, H/W pixels, N grid tokens, K kept t
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +31,23 @@ def run_blocks(
         else:
             x = block(x, valid, coords)
     return x
+
+
+@torch.no_grad()
+def init_transformer(model: nn.Module, blocks: nn.ModuleList) -> None:
+    """Truncated normal (std 0.02) for Linear and Conv weights, zero biases, unit LayerNorms, then the
+    residual output projections of block l (1-based) scaled by 1/sqrt(2 l). Shared by encoder and predictor."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv3d)):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    for layer, block in enumerate(blocks, start=1):
+        block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
+        block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer))
 
 
 class VisionTransformer3D(nn.Module):
@@ -66,6 +85,16 @@ class VisionTransformer3D(nn.Module):
     def reset_positions(self) -> None:
         if not self.use_rope:
             self.pos_embed.copy_(sincos_3d(self.width, self.grid)[None])
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialises every weight in place (after `to_empty`): see `init_transformer`; fixed positions."""
+        init_transformer(self, self.blocks)
+        self.reset_positions()
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names AdamW must not decay besides 1-D ones (the position table, when it is learned)."""
+        return {n for n, _ in self.named_parameters() if n == "pos_embed"}
 
     def positions(self, grid: tuple[int, int, int]) -> torch.Tensor:
         """The additive table for `grid` [1, N, D]; trilinear interpolation when it differs from the built one."""

@@ -12,7 +12,7 @@ from torch import nn
 
 from vjepa.layers.block import Block
 from vjepa.layers.pos_embed import sincos_3d
-from vjepa.models.encoder import run_blocks
+from vjepa.models.encoder import init_transformer, run_blocks
 from vjepa.models.tokens import gather_tokens, token_coords
 
 
@@ -61,6 +61,21 @@ class Predictor(nn.Module):
     def reset_positions(self) -> None:
         if not self.use_rope:
             self.predictor_pos_embed.copy_(sincos_3d(self.width, self.grid)[None])
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialises every weight in place (after `to_empty`): see `init_transformer`; fixed positions,
+        zero mask tokens."""
+        init_transformer(self, self.predictor_blocks)
+        self.reset_positions()
+        for token in self.mask_tokens:
+            nn.init.zeros_(token)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names AdamW must not decay besides 1-D ones: the mask tokens (and a learned table)."""
+        return {
+            n for n, _ in self.named_parameters() if n.startswith("mask_tokens.") or n.endswith("pos_embed")
+        }
 
     def forward(
         self,

@@ -1,7 +1,13 @@
-"""Pretraining: `train(cfg)` sets up models, engine, data, logging and checkpoints; `train_step` is one
-V-JEPA update and reads top to bottom.
+"""Pretraining. `train_step` is one V-JEPA update, top to bottom; `train(cfg)` builds the run, resumes it
+and loops over `train_step`.
 
-Shape legend: B batch, C channels, T frames, H/W pixels.
+The step reads: schedule values -> EMA target features on the full clip -> context encoder + predictor
+over every mask configuration and the L1 loss (vjepa/objective.py) -> finite check on every rank ->
+backward -> gradient norm, finite check, clipping -> AdamW step -> EMA update. The engine
+(vjepa/distributed/engine.py) only supplies what differs by backend: the wrapped forward, backward and
+step, the global gradient norm, and where the target's weights live.
+
+Shape legend: B batch, C channels, T frames, H/W pixels, N tokens, D encoder width.
 """
 
 from __future__ import annotations
@@ -18,82 +24,107 @@ from pathlib import Path
 
 import torch
 
-from data_pipelines.batch import VideoBatch
+from data_pipelines.batch import VideoBatch  # TODO(seams)
 from data_pipelines.transforms import normalize
+from vjepa.checkpoint import (
+    CheckpointManager,
+    RunFolder,
+    atomic_torch_save,
+    load_trainer_state,
+    save_trainer_state,
+)
 from vjepa.config import Config, save_config
+from vjepa.distributed.engine import Engine, build_engine
 from vjepa.distributed.env import DistEnv, read_env
 from vjepa.models.builder import build_encoder, build_predictor, token_grid
-from vjepa.models.jepa import JepaModel
-from vjepa.train.checkpoint import CheckpointManager, rng_state, set_rng_state
-from vjepa.train.data import build_train_data
+from vjepa.models.weights import read_torch_file
+from vjepa.objective import JepaModel, target_features
 from vjepa.train.metrics import RunLogger
+from vjepa.train.monitors import collapse_stats
+from vjepa.train.optim import build_optimizer, set_lr_wd
 from vjepa.train.schedules import StepValues, values_at
+from vjepa.utils import resolve_device
 
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ValueError("train.device=cuda but no CUDA device is available")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+@dataclass(frozen=True)
+class StepResult:
+    loss: float  # nan when the step was skipped for a non-finite loss
+    loss_per_mask: list[float]
+    grad_norm: float  # global, before clipping; nan when the loss was already non-finite
+    applied: bool  # False: the update was skipped on every rank
+    target_std: float
+    pred_std: float
+    values: StepValues  # the schedules' lr, weight decay and EMA momentum at this step
+    monitors: dict[str, float]  # collapse monitors (empty on steps that do not compute them)
 
 
-def autocast_for(cfg: Config, device: torch.device):
-    if cfg.train.precision == "bf16":
+def autocast_for(precision: str, device: torch.device):
+    if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
-@dataclass
-class StepResult:
-    loss: float
-    loss_per_mask: list[float]
-    grad_norm: float
-    applied: bool
-    target_std: float
-    pred_std: float
-    values: StepValues  # the schedules' lr, weight decay and EMA momentum at this step
-
-
-def train_step(engine, batch: VideoBatch, step: int, cfg: Config, device: torch.device) -> StepResult:
-    """One V-JEPA update: target forward (no grad) -> context encoder + predictor per mask configuration
-    -> L1 loss -> backward -> (clip) -> AdamW step -> EMA update. A non-finite loss or gradient skips
-    the update on every rank."""
+def train_step(
+    engine: Engine, batch: VideoBatch, step: int, cfg: Config, device: torch.device, *, monitor: bool = False
+) -> StepResult:
+    """One V-JEPA update. A non-finite loss or gradient skips the update on every rank."""
     values = values_at(step, cfg.optim, cfg.train.steps)
     batch = batch.to(device, non_blocking=True)
     clips = normalize(batch.clips)  # [B, C, T, H, W] float, ImageNet mean/std
-    with autocast_for(cfg, device):
-        out = engine.forward(clips, batch.masks)
-    loss_ok = engine.all_finite(bool(torch.isfinite(out.loss.detach())))
-    if not loss_ok:
-        engine.skip()
+    with autocast_for(cfg.train.precision, device):
+        targets = target_features(engine.target.module, clips)  # [B, N, D] layer-normed, no grad
+        out = engine.model(clips, batch.masks, targets)  # JepaModel.forward: objective.jepa_loss
+    monitors = collapse_monitors(targets, out) if monitor else {}
+
+    def skipped(loss: float, grad_norm: float) -> StepResult:
         return StepResult(
-            float("nan"), out.loss_per_mask, float("nan"), False, out.target_std, out.pred_std, values
+            loss=loss,
+            loss_per_mask=out.loss_per_mask,
+            grad_norm=grad_norm,
+            applied=False,
+            target_std=out.target_std,
+            pred_std=out.pred_std,
+            values=values,
+            monitors=monitors,
         )
+
+    if not engine.all_finite(bool(torch.isfinite(out.loss.detach()))):
+        engine.drop_gradients(after_backward=False)
+        return skipped(float("nan"), float("nan"))
     engine.backward(out.loss)
-    grad_norm, applied = engine.step(values.lr, values.weight_decay)
-    if applied:
-        engine.ema(values.momentum)
+    grad_norm = engine.grad_norm()  # global L2 norm before clipping, identical on every rank
+    if not engine.all_finite(bool(torch.isfinite(grad_norm))):
+        engine.drop_gradients(after_backward=True)
+        return skipped(float(out.loss.detach()), float(grad_norm))
+    if cfg.optim.grad_clip is not None:
+        engine.clip_gradients(cfg.optim.grad_clip, grad_norm)
+    set_lr_wd(engine.optimizer, values.lr, values.weight_decay)
+    engine.step()
+    engine.target.update(engine.module.encoder, values.momentum)
     return StepResult(
-        float(out.loss.detach()), out.loss_per_mask, grad_norm, applied, out.target_std, out.pred_std, values
+        loss=float(out.loss.detach()),
+        loss_per_mask=out.loss_per_mask,
+        grad_norm=float(grad_norm),
+        applied=True,
+        target_std=out.target_std,
+        pred_std=out.pred_std,
+        values=values,
+        monitors=monitors,
     )
 
 
-def environment_info(env: DistEnv) -> dict:
-    import vjepa
+@torch.no_grad()
+def collapse_monitors(targets: torch.Tensor, out) -> dict[str, float]:
+    """Effective dimensionality and within-clip constant share of the targets and of the first mask
+    configuration's predictions (see vjepa/train/monitors.py)."""
+    stats = {f"target_{k}": v for k, v in collapse_stats(targets).items()}
+    preds = collapse_stats(out.predictions[0], out.prediction_valid[0])
+    return {**stats, **{f"pred_{k}": v for k, v in preds.items()}}
 
-    return {
-        "vjepa": vjepa.__version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "world_size": env.world_size,
-        "launcher": env.source,
-        "host": platform.node(),
-        "cuda": torch.cuda.is_available(),
-    }
+
+# ----------------------------------------------------------------------------- building a run
 
 
 def build_models(cfg: Config, device: torch.device) -> JepaModel:
@@ -120,119 +151,217 @@ def build_models(cfg: Config, device: torch.device) -> JepaModel:
     return JepaModel(encoder, predictor)
 
 
-def train(cfg: Config) -> dict:
-    """Runs (or resumes) pretraining as configured; returns a summary of what happened."""
-    from vjepa.distributed.engine import build_engine
-    from vjepa.distributed.process_group import start_process_group, stop_process_group
+def environment_info(env: DistEnv) -> dict:
+    import vjepa
+
+    return {
+        "vjepa": vjepa.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "world_size": env.world_size,
+        "launcher": env.source,
+        "host": platform.node(),
+        "cuda": torch.cuda.is_available(),
+    }
+
+
+def make_engine(cfg: Config, model: JepaModel, device: torch.device, env: DistEnv) -> Engine:
+    """The engine for `cfg.dist`, given the config sections it needs."""
+    return build_engine(
+        model,
+        lambda module: build_optimizer(module, cfg.optim),
+        optim=cfg.optim,
+        dist=cfg.dist,
+        precision=cfg.train.precision,
+        micro_batch=cfg.data.batch_size,
+        device=device,
+        env=env,
+    )
+
+
+@dataclass
+class Run:
+    """Everything one training process holds."""
+
+    cfg: Config
+    env: DistEnv
+    device: torch.device
+    folder: RunFolder
+    engine: Engine
+    data: object  # TODO(seams)
+    ckpts: CheckpointManager
+    owns_group: bool
+
+    def save(self, step: int) -> None:
+        """Collective: a complete step folder with the weights, this rank's trainer state, the config."""
+
+        def write(folder: Path) -> None:
+            self.engine.save(folder)
+            save_trainer_state(folder, self.env.rank, step=step, data=self.data.state_dict())
+            if self.env.is_main:
+                save_config(self.cfg, RunFolder(folder).config)
+
+        self.ckpts.save(step, write)
+
+    def close(self) -> None:
+        self.engine.close()
+        if self.owns_group:
+            from vjepa.distributed.process_group import stop_process_group
+
+            stop_process_group()
+
+
+def build_run(cfg: Config) -> Run:
+    """Device, process group, models, engine, data and checkpoint manager for `cfg`; writes the run
+    folder's config, environment and (on a fresh start) the initial weights."""
+    from vjepa.distributed.process_group import start_process_group
 
     env = read_env()
-    device = resolve_device(cfg.train.device, env.local_rank)
-    # ddp/deepspeed run in a process group (raises if it cannot start); torn down below if started here
+    device = resolve_device(cfg.train.device, index=env.local_rank, key="train.device")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    # ddp/deepspeed run in a process group (raises if it cannot start); torn down in Run.close if started here
     owns_group = cfg.dist.backend != "single" and start_process_group(env, device)
     torch.manual_seed(cfg.train.seed + env.rank)
-    run_dir = Path(cfg.train.out_dir)
-    engine = build_engine(cfg, build_models(cfg, device), device, env)
+    folder = RunFolder(cfg.train.out_dir)
+    model = build_models(cfg, device)
+    ckpts = CheckpointManager(folder.checkpoints, keep_last=cfg.checkpoint.keep_last, rank=env.rank)
     if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        (run_dir / "env.json").write_text(json.dumps(environment_info(env), indent=2))
-    ckpts = CheckpointManager(
-        run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last, rank=env.rank, barrier=engine.barrier
-    )
+        folder.root.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, folder.config)
+        folder.env.write_text(json.dumps(environment_info(env), indent=2))
+        fresh = not (cfg.checkpoint.resume and ckpts.latest() is not None)
+        if fresh and cfg.checkpoint.save_init:  # rank 0's weights: every engine broadcasts them
+            initial = {
+                "encoder": model.encoder,
+                "predictor": model.predictor,
+                "target_encoder": model.encoder,
+            }
+            atomic_torch_save({k: m.state_dict() for k, m in initial.items()}, folder.init_weights)
+    engine = make_engine(cfg, model, device, env)
+    ckpts.barrier = engine.barrier
     grid = token_grid(
         frames=cfg.data.frames_per_clip,
         crop=cfg.data.crop_size,
         patch=cfg.model.patch_size,
         tubelet=cfg.model.tubelet_size,
     )
+    from vjepa.train.data import build_train_data  # TODO(seams)
+
     data = build_train_data(cfg, grid=grid, rank=env.rank, world_size=env.world_size)
-    start = 0
-    latest = ckpts.latest() if cfg.checkpoint.resume else None
+    return Run(cfg, env, device, folder, engine, data, ckpts, owns_group)
+
+
+def resume(run: Run) -> int:
+    """Restores the newest complete checkpoint (or the `train.init_from` weights); -> the first step."""
+    cfg = run.cfg
+    latest = run.ckpts.latest() if cfg.checkpoint.resume else None
     if latest is not None:
-        start = restore(engine, data, latest, env.rank)
-        log.info("resumed from %s at step %d", latest, start)
-    elif cfg.train.init_from:
-        init = Path(cfg.train.init_from)
-        if not init.is_file():
-            raise ValueError(f"train.init_from: no such model file {init}")
-        engine.load_weights(torch.load(init, map_location=device, weights_only=False))
-        log.info("initialised weights from %s", init)
+        run.engine.load(latest)
+        step, data_state = load_trainer_state(latest, run.env.rank)
+        run.data.load_state_dict(data_state)
+        log.info("resumed from %s at step %d", latest, step)
+        return step
+    if cfg.train.init_from:
+        run.engine.load_weights(
+            read_torch_file(cfg.train.init_from, what="train.init_from", map_location=run.device)
+        )
+        log.info("initialised weights from %s", cfg.train.init_from)
+    return 0
 
-    def save(step: int) -> None:
-        def write(folder: Path) -> None:
-            engine.save(folder, env.rank)
-            torch.save(
-                {"step": step, "data": data.state_dict(), "rng": rng_state()},
-                folder / f"trainer_rank{env.rank}.pt",
-            )
-            if env.is_main:
-                save_config(cfg, folder / "config.yaml")
 
-        ckpts.save(step, write)
+# ----------------------------------------------------------------------------- the loop
 
-    logger = RunLogger(run_dir, cfg.log, total_steps=cfg.train.steps, start_step=start, enabled=env.is_main)
-    bad_in_a_row, skipped, losses = 0, 0, []
-    stream = iter(data)
+
+@dataclass(frozen=True)
+class TrainSummary:
+    start_step: int
+    end_step: int
+    steps_run: int
+    skipped_steps: int
+    first_loss: float | None  # the first and last finite losses of this process's steps
+    last_loss: float | None
+    run_dir: str
+    world_size: int
+    rank: int
+    pid: int
+
+
+def train(cfg: Config) -> TrainSummary:
+    """Runs (or resumes) pretraining as configured."""
+    run = build_run(cfg)
     try:
-        for step in range(start, cfg.train.steps):
+        return loop(run, resume(run))
+    finally:
+        run.close()
+
+
+def loop(run: Run, start: int) -> TrainSummary:
+    cfg, steps = run.cfg, run.cfg.train.steps
+    logger = RunLogger(run.folder.root, cfg.log, total_steps=steps, start_step=start, enabled=run.env.is_main)
+    bad_in_a_row, skipped, first, last = 0, 0, None, None
+    stream = iter(run.data)
+    try:
+        for step in range(start, steps):
             t0 = time.perf_counter()
-            batch, stream = next_batch(data, stream)
+            batch, stream = next_batch(run.data, stream)
             t1 = time.perf_counter()
-            result = train_step(engine, batch, step, cfg, device)
+            monitor = cfg.log.monitor_every > 0 and step % cfg.log.monitor_every == 0
+            result = train_step(run.engine, batch, step, cfg, run.device, monitor=monitor)
             t2 = time.perf_counter()
-            if result.applied:
-                bad_in_a_row = 0
-            else:
-                bad_in_a_row, skipped = bad_in_a_row + 1, skipped + 1
+            bad_in_a_row = 0 if result.applied else bad_in_a_row + 1
+            skipped += not result.applied
+            if not result.applied:
                 log.warning(
                     "step %d: non-finite loss or gradients; update skipped (%d in a row)", step, bad_in_a_row
                 )
-            losses.append(result.loss)
-            values = result.values
-            clips = batch.clips.shape[0] * env.world_size
-            logger.log(
-                step,
-                {
-                    "loss": result.loss,
-                    **{f"loss_mask{k}": v for k, v in enumerate(result.loss_per_mask)},
-                    "lr": values.lr,
-                    "weight_decay": values.weight_decay,
-                    "momentum": values.momentum,
-                    "grad_norm": result.grad_norm,
-                    "target_std": result.target_std,
-                    "pred_std": result.pred_std,
-                    "clips_per_s": clips / max(t2 - t0, 1e-9),
-                    "data_wait": (t1 - t0) / max(t2 - t0, 1e-9),
-                    "skipped_steps": skipped,
-                    "data_skipped": data.stats()["skipped"],  # undecodable videos so far on this rank
-                },
-            )
+            if math.isfinite(result.loss):
+                first = result.loss if first is None else first
+                last = result.loss
+            logger.log(step, step_metrics(result, batch, run, skipped, t1 - t0, t2 - t0))
             if bad_in_a_row >= cfg.train.max_bad_steps:
                 raise RuntimeError(
                     f"{bad_in_a_row} consecutive non-finite steps (train.max_bad_steps="
-                    f"{cfg.train.max_bad_steps}); stopping. The last checkpoint in {ckpts.root} is intact."
+                    f"{cfg.train.max_bad_steps}); stopping. The last checkpoint in {run.ckpts.root} is intact."
                 )
             done = step + 1
             # No save in the middle of a non-finite streak: the last checkpoint stays the last good one.
-            if bad_in_a_row == 0 and (done % cfg.checkpoint.every_steps == 0 or done == cfg.train.steps):
-                save(done)
+            if bad_in_a_row == 0 and (done % cfg.checkpoint.every_steps == 0 or done == steps):
+                run.save(done)
     finally:
         logger.close()
-        engine.close()
-        if owns_group:
-            stop_process_group()
-    finite = [x for x in losses if math.isfinite(x)]
+    return TrainSummary(
+        start_step=start,
+        end_step=max(start, steps),
+        steps_run=max(0, steps - start),
+        skipped_steps=skipped,
+        first_loss=first,
+        last_loss=last,
+        run_dir=str(run.folder.root),
+        world_size=run.env.world_size,
+        rank=run.env.rank,
+        pid=os.getpid(),
+    )
+
+
+def step_metrics(
+    result: StepResult, batch: VideoBatch, run: Run, skipped: int, wait_s: float, total_s: float
+) -> dict[str, float]:
+    values, total_s = result.values, max(total_s, 1e-9)
     return {
-        "start_step": start,
-        "steps": cfg.train.steps,
-        "losses": losses,
+        "loss": result.loss,
+        **{f"loss_mask{k}": v for k, v in enumerate(result.loss_per_mask)},
+        "lr": values.lr,
+        "weight_decay": values.weight_decay,
+        "momentum": values.momentum,
+        "grad_norm": result.grad_norm,
+        "target_std": result.target_std,
+        "pred_std": result.pred_std,
+        **result.monitors,
+        "clips_per_s": batch.clips.shape[0] * run.env.world_size / total_s,
+        "data_wait": wait_s / total_s,
         "skipped_steps": skipped,
-        "first_loss": finite[0] if finite else None,
-        "last_loss": finite[-1] if finite else None,
-        "run_dir": str(run_dir),
-        "world_size": env.world_size,
-        "rank": env.rank,
-        "pid": os.getpid(),
+        "data_skipped": run.data.stats()["skipped"],  # undecodable videos so far on this rank
     }
 
 
@@ -246,11 +375,3 @@ def next_batch(data, stream):
             return next(stream), stream
         except StopIteration:
             raise ValueError("data: the training data yields no batches (check data.sources)") from None
-
-
-def restore(engine, data, folder: Path, rank: int) -> int:
-    engine.load(folder)
-    state = torch.load(folder / f"trainer_rank{rank}.pt", weights_only=False)
-    data.load_state_dict(state["data"])
-    set_rng_state(state["rng"])
-    return int(state["step"])
