@@ -1,0 +1,607 @@
+"""Streamed tar shards (`http://`, `https://`, `pipe:` URLs) read with webdataset, as a training BatchStream.
+
+Shape legend: B clips per batch (V videos x C clips each), T frames, S crop pixels, K decoded frames.
+
+For shards in an object store or behind a command, which can only be read front to back. Local shards go
+through `loader.VideoLoader`, which indexes tar headers and splits per sample; here the split, the equal
+batch counts and resume all work per shard.
+
+Sources. Every `data.sources` entry is a URL or a brace pattern of URLs (`http://host/shard-{000000..000099}
+.tar`, `pipe:aws s3 cp s3://bucket/shard-{0..9}.tar -`); local paths cannot be mixed in. webdataset reads
+http(s) through `curl`, which must be on the PATH. A sample's members must be adjacent in the tar
+(webdataset groups consecutive members by key), as `ShardWriter` writes them.
+
+Splitting (explicit, no torch.distributed or environment look-up). An epoch's shard order is
+`plan.EpochPlan`'s (seeded, source weights applied), the same on every rank. Shard i of it goes to rank
+i % R and the rank's j-th shard to reader j % W (W = max(1, data.num_workers)): R x W readers with
+disjoint shards. Fewer shards per epoch than readers is a ValueError naming the sources: a reader without
+a shard would leave its rank short of batches.
+
+Equal batch counts. Every reader builds `quota` batches per epoch, quota = min over all readers of (its
+shards' samples // V), so every rank yields W x quota batches. Shard sample counts come from the source's
+`samples_per_shard` when set (the shard size the shards were written with), else from a counting pass at
+build time that streams every shard once and reads only member names; that downloads the whole data set
+once per rank, so set `samples_per_shard` for large data. Readers with more samples leave the rest
+unread that epoch (the build logs how many). A reader whose shards run out before its quota (bad members,
+shards shorter than stated) continues with its first shard again, so the count never changes.
+
+Order. A batch is built whole in one worker from consecutive members of its reader's shards (there is no
+shuffle buffer, whose content would be resume state; `data.shuffle_buffer` does not apply). Batch k of an
+epoch comes from reader k % W: DataLoader collects from its workers round-robin, and a stream restarted at
+batch b gives worker i the reader (b + i) % W, which keeps that order.
+
+Resume. The position is (epoch, batch, step) and, per reader, a cursor (its shard position, samples
+consumed in that shard). A restored stream opens each reader's saved shard and passes over the consumed
+members without keeping or decoding their data (webdataset's `select_files`), then goes on. A batch
+depends only on that position (sample randomness from (seed, rank, epoch, shard, member), masks from the
+step), so a resumed stream yields exactly the batches an uninterrupted one would. The bytes before the
+saved member still stream past: a stream cannot seek. World size, worker count, batch size and the shards
+must be those the state was saved with.
+
+Bad members (no video member, undecodable or too short video) are skipped, logged with their key and
+counted in `SkipStats` against `data.max_skip_fraction`, like the file loader. A shard that cannot be
+opened or read (network error, damaged tar) stops the run with its URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.gopen import gopen
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander, tar_file_iterator
+
+from data_pipelines.bad_samples import BadSampleError, SkipStats, TooManyBadSamplesError
+from data_pipelines.batch import MaskFn, VideoBatch
+from data_pipelines.config import DataConfig
+from data_pipelines.dataset import _stack, one_ahead
+from data_pipelines.decode import DecodedVideo, IndexPicker, VideoDecoder
+from data_pipelines.loader import _as_is, _freeze_inherited_objects
+from data_pipelines.plan import EpochPlan
+from data_pipelines.sampling import clip_indices
+from data_pipelines.sources import VIDEO_EXTENSIONS, Source, Unit, _parse_label, expand_braces
+from data_pipelines.transforms import augment_clip
+
+__all__ = ["STREAM_PREFIXES", "ShardStream", "StreamShard", "build_stream", "count_samples", "is_stream_url"]
+
+log = logging.getLogger(__name__)
+
+STREAM_PREFIXES = ("http://", "https://", "pipe:")
+_VIDEO_EXTS = {ext.lstrip(".") for ext in VIDEO_EXTENSIONS}
+Cursor = tuple[int, int]  # (shard position in a reader's list, samples consumed in that shard)
+
+
+def is_stream_url(path: str) -> bool:
+    """Whether a source path names streamed shards (this module) rather than local files."""
+    return path.startswith(STREAM_PREFIXES)
+
+
+@dataclass(frozen=True)
+class StreamShard:
+    url: str
+    samples: int  # stated (`samples_per_shard`) or counted
+
+    @property
+    def name(self) -> str:
+        """What sample keys start with: the shard's file name without `.tar` (for `pipe:` the last word)."""
+        path = self.url.split()[-1] if self.url.startswith("pipe:") else urlparse(self.url).path
+        return path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".tar")
+
+
+class _SampleCounter:
+    """Numbers samples as tar member names stream past, grouped as webdataset groups them (runs of members
+    sharing a key), and selects the members of samples `skip` and later (the others' data is not kept)."""
+
+    def __init__(self, skip: int = 0) -> None:
+        self.skip, self.count = skip, 0
+        self._key: str | None = None
+
+    def __call__(self, name: str) -> bool:
+        key, _ = base_plus_ext(name)
+        if key is None:
+            return False
+        if key != self._key:
+            self._key, self.count = key, self.count + 1
+        return self.count > self.skip
+
+
+def _close(stream: Any, *, early: bool) -> None:
+    """Closes a gopen stream; after an early stop the writer (cat, curl) dies of the closed pipe, which is
+    no error."""
+    try:
+        stream.close()
+    except OSError:
+        if not early:
+            raise
+
+
+def count_samples(url: str) -> int:
+    """Samples in a streamed shard, counted from its member names; the data streams past unread."""
+    counter = _SampleCounter(skip=sys.maxsize)
+    stream = gopen(url, "rb")
+    try:
+        for _ in tar_file_iterator(stream, select_files=counter):
+            pass
+    finally:
+        _close(stream, early=False)
+    return counter.count
+
+
+def read_shard(url: str, skip: int = 0) -> Iterator[tuple[int, dict]]:
+    """(m, webdataset sample dict) for samples m = skip, skip + 1, ... of a streamed shard; the first `skip`
+    samples' members stream past without being kept or decoded."""
+    stream = gopen(url, "rb")
+    done = False
+    try:
+        files = tar_file_expander([{"url": url, "stream": stream}], select_files=_SampleCounter(skip))
+        yield from enumerate(group_by_keys(files), start=skip)
+        done = True
+    finally:
+        _close(stream, early=not done)
+
+
+# ----------------------------------------------------------------------------- the epoch layout
+
+
+class _Layout:
+    """One epoch: which shards each reader (rank, role) reads and how many batches every rank yields."""
+
+    def __init__(
+        self, shards: list[StreamShard], order: np.ndarray, *, world_size: int, workers: int
+    ) -> None:
+        readers = world_size * workers
+        self.world_size, self.workers = world_size, workers
+        # reader s = rank + R * role reads the epoch's shards i with i % (R * W) == s
+        self.reads: list[list[tuple[int, StreamShard]]] = [
+            [(i, shards[int(order[i])]) for i in range(s, len(order), readers)] for s in range(readers)
+        ]
+        self.samples = [sum(shard.samples for _, shard in reads) for reads in self.reads]
+
+    def reader(self, rank: int, role: int) -> list[tuple[int, StreamShard]]:
+        """(epoch shard index, shard) in reading order."""
+        return self.reads[rank + self.world_size * role]
+
+    def quota(self, videos_per_batch: int) -> int:
+        """Batches every reader builds this epoch."""
+        return min(self.samples) // videos_per_batch
+
+
+@dataclass(frozen=True)
+class StreamPosition:
+    """Batch `batch` of epoch `epoch` is next, `step` batches done; `cursors[r]`: where reader r goes on."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    cursors: tuple[Cursor, ...] = ()
+
+
+@dataclass
+class _Info:
+    """Travels with each batch from the worker: its place, its reader's cursor after it, its skips."""
+
+    epoch: int
+    batch: int
+    step: int
+    role: int
+    cursor: Cursor
+    skips: SkipStats = field(default_factory=SkipStats)
+
+
+@dataclass
+class _Item:
+    """One member on its way: where it sits, its label, and its frames decoding (or why not)."""
+
+    pos: int
+    member: int
+    url: str
+    key: str  # "shard/key"
+    rng: np.random.Generator
+    label: int = -1
+    wait: Callable[[], DecodedVideo] | None = None  # -> frames [C, T, H, W, 3] at clip indices [C, T]
+    error: str = ""
+
+
+def _video_and_label(sample: dict) -> tuple[bytes, int]:
+    """A webdataset sample's video bytes and label (KEY.cls, else KEY.json's "label", else -1)."""
+    videos = [ext for ext in sample if not ext.startswith("__") and ext.rsplit(".", 1)[-1] in _VIDEO_EXTS]
+    if not videos:
+        members = ",".join(sorted(ext for ext in sample if not ext.startswith("__")))
+        raise BadSampleError(f"no video member (members: {members or 'none'})")
+    label = -1
+    for fmt in ("cls", "json"):
+        if fmt in sample:
+            label = _parse_label(sample[fmt], fmt)
+            break
+    return sample[videos[0]], label
+
+
+# ----------------------------------------------------------------------------- the worker side
+
+
+class _StreamDataset(IterableDataset):
+    """Yields (VideoBatch, _Info) for the stream from `self.start`: this worker's reader's batches."""
+
+    def __init__(
+        self,
+        shards: list[StreamShard],
+        sources: list[Source],
+        cfg: DataConfig,
+        *,
+        mask_generator: MaskFn | None,
+        seed: int,
+        rank: int,
+        world_size: int,
+    ) -> None:
+        self.shards, self.sources, self.cfg = shards, sources, cfg
+        self.mask_generator = mask_generator
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.workers = max(1, cfg.num_workers)
+        self.videos_per_batch = cfg.batch_size // cfg.num_clips
+        self.start = StreamPosition(cursors=self.fresh_cursors())
+        self._layouts: dict[int, _Layout] = {}
+
+    def fresh_cursors(self) -> tuple[Cursor, ...]:
+        return ((0, 0),) * self.workers
+
+    def layout(self, epoch: int) -> _Layout:
+        if epoch not in self._layouts:
+            if len(self._layouts) >= 2:
+                self._layouts.pop(min(self._layouts))
+            plan = EpochPlan(  # for its seeded, weighted shard order only (the units list no samples)
+                self.sources,
+                epoch=epoch,
+                seed=self.seed,
+                rank=0,
+                world_size=1,
+                videos_per_batch=1,
+                shuffle=self.cfg.shuffle,
+                shuffle_buffer=0,
+                drop_last=True,
+            )
+            self._layouts[epoch] = _Layout(
+                self.shards, plan.order_u, world_size=self.world_size, workers=self.workers
+            )
+        return self._layouts[epoch]
+
+    def num_batches(self, epoch: int) -> int:
+        """Batches every rank yields in `epoch`."""
+        return self.layout(epoch).quota(self.videos_per_batch) * self.workers
+
+    def __iter__(self) -> Iterator[tuple[VideoBatch, _Info]]:
+        info = get_worker_info()
+        role = ((info.id if info is not None else 0) + self.start.batch) % self.workers
+        decoder = VideoDecoder(self.cfg.decoder, timeout_s=self.cfg.decode_timeout_s)
+        local = SkipStats()  # this worker's tries, for an early stop before the main process sees them
+        epoch, first, step = self.start.epoch, self.start.batch, self.start.step
+        cursor = self.start.cursors[role]
+        while True:
+            reads = self.layout(epoch).reader(self.rank, role)
+            items = self._items(reads, epoch, cursor, decoder)
+            ahead = one_ahead(items)
+            try:
+                for k in range(first + (role - first) % self.workers, self.num_batches(epoch), self.workers):
+                    batch, skips, cursor = self._make_batch(ahead, reads, step + k - first)
+                    local.merge(skips)
+                    local.check(self.cfg.max_skip_fraction, self.cfg.skip_check_min_samples)
+                    yield batch, _Info(epoch, k, step + k - first, role, cursor, skips)
+            finally:
+                ahead.close()
+                items.close()  # closes the shard stream it has open
+            if not self.cfg.resampled:
+                return
+            epoch, first, step, cursor = epoch + 1, 0, step + self.num_batches(epoch) - first, (0, 0)
+
+    def _items(
+        self, reads: list[tuple[int, StreamShard]], epoch: int, cursor: Cursor, decoder: VideoDecoder
+    ) -> Iterator[_Item]:
+        """The reader's members from `cursor` on, each with its decode queued; after its last shard it
+        starts again from its first (the batch count is fixed, see the module docstring)."""
+        pos, skip = cursor
+        empty = 0  # shards in a row that held no sample at all
+        while empty < len(reads):
+            index, shard = reads[pos % len(reads)]
+            found = False
+            for member, sample in read_shard(shard.url, skip):
+                found = True
+                rng = np.random.default_rng([self.seed, self.rank, epoch, index, pos // len(reads), member])
+                item = _Item(
+                    pos, member, shard.url, f"{shard.name}/{sample['__key__'].removeprefix('./')}", rng
+                )
+                try:
+                    data, item.label = _video_and_label(sample)
+                    item.wait = decoder.submit(data, self._picker(rng))
+                except BadSampleError as err:
+                    item.error = str(err)
+                yield item
+            empty = 0 if found or skip else empty + 1
+            pos, skip = pos + 1, 0
+        raise TooManyBadSamplesError(f"rank {self.rank}: shards {[s.url for _, s in reads]} hold no samples")
+
+    def _picker(self, rng: np.random.Generator) -> IndexPicker:
+        c = self.cfg
+
+        def pick(num_frames: int, video_fps: float) -> np.ndarray:
+            return clip_indices(
+                num_frames,
+                video_fps,
+                frames=c.frames_per_clip,
+                frame_step=c.frame_step,
+                fps=c.fps,
+                num_clips=c.num_clips,
+                pad=c.pad_short,
+                rng=rng,
+            )  # [C, T]
+
+        return pick
+
+    def _clips(self, item: _Item) -> list[torch.Tensor]:
+        """The member's C augmented clips [3, T, S, S] uint8; BadSampleError if it cannot be used."""
+        if item.wait is None:
+            raise BadSampleError(item.error)
+        clips = item.wait().frames  # [C, T, H, W, 3] uint8
+        c = self.cfg
+        # drawn after the decode: `pick` draws the clip starts from the same generator first
+        generator = torch.Generator().manual_seed(int(item.rng.integers(2**62)))
+        return [
+            augment_clip(
+                frames,
+                size=c.crop_size,
+                scale=c.crop_scale,
+                aspect=c.crop_aspect,
+                hflip=c.hflip,
+                generator=generator,
+            )
+            for frames in clips
+        ]
+
+    def _make_batch(
+        self, items: Iterator[_Item], reads: list[tuple[int, StreamShard]], step: int
+    ) -> tuple[VideoBatch, SkipStats, Cursor]:
+        """The next V good members make the batch; bad ones are skipped, counted and logged."""
+        clips: list[torch.Tensor] = []  # [3, T, S, S] each
+        labels: list[int] = []
+        keys: list[str] = []
+        skips = SkipStats()
+        limit = sum(shard.samples for _, shard in reads) + 1  # a whole pass without V good members
+        for tries, item in enumerate(items, start=1):
+            try:
+                sample_clips = self._clips(item)
+            except BadSampleError as err:
+                log.warning("skipping sample %s (shard %s): %s", item.key, item.url, err)
+                skips.record(item.url, item.key)
+                if tries > limit:
+                    raise TooManyBadSamplesError(
+                        f"rank {self.rank}: no {self.videos_per_batch} loadable samples in {tries} tries; "
+                        f"worst shards: {skips.worst_shards()}"
+                    ) from None
+                continue
+            skips.record(item.url)
+            clips.extend(sample_clips)
+            labels.extend([item.label] * len(sample_clips))
+            keys.extend([item.key] * len(sample_clips))
+            if len(keys) == self.cfg.batch_size:
+                break
+        masks = [] if self.mask_generator is None else self.mask_generator(len(keys), worker=0, step=step)
+        batch = VideoBatch(
+            clips=_stack(clips),  # [B, 3, T, S, S] uint8
+            labels=torch.tensor(labels, dtype=torch.int64),
+            masks=masks,
+            keys=keys,
+        )
+        return batch, skips, (item.pos, item.member + 1)
+
+
+# ----------------------------------------------------------------------------- the main-process side
+
+
+class ShardStream:
+    """Iterates VideoBatch for one rank from streamed shards; position and bad-sample counts are
+    checkpointable. Like `VideoLoader`: without `resampled` each `iter()` runs the rest of the current
+    epoch and the next `iter()` the next one; with it one `iter()` never ends."""
+
+    def __init__(self, dataset: _StreamDataset) -> None:
+        self.dataset = dataset
+        self.cfg = dataset.cfg
+        self.num_samples = sum(shard.samples for shard in dataset.shards)
+        self._position = dataset.start
+        self._skips = SkipStats()
+        self._clips = 0
+
+    def _normalized(self) -> StreamPosition:
+        p = self._position
+        while p.batch >= self.dataset.num_batches(p.epoch):
+            p = StreamPosition(p.epoch + 1, 0, p.step, self.dataset.fresh_cursors())
+        return p
+
+    @property
+    def epoch(self) -> int:
+        return self._normalized().epoch
+
+    def __len__(self) -> int:
+        """Batches in the current epoch (the same on every rank)."""
+        return self.dataset.num_batches(self.epoch)
+
+    def __iter__(self) -> Iterator[VideoBatch]:
+        self._position = self._normalized()
+        self.dataset.start = self._position  # workers are created (and copy the dataset) below
+        workers = self.cfg.num_workers
+        loader = DataLoader(
+            self.dataset,
+            batch_size=None,
+            num_workers=workers,
+            collate_fn=_as_is,
+            worker_init_fn=_freeze_inherited_objects,
+            prefetch_factor=2 if workers else None,
+        )
+        batches = iter(loader)
+        try:
+            for batch, info in batches:
+                p = self._position
+                assert info.step == p.step, f"batch for step {info.step} came at {p.step}"
+                cursors = list(p.cursors if info.epoch == p.epoch else self.dataset.fresh_cursors())
+                cursors[info.role] = info.cursor
+                self._position = StreamPosition(info.epoch, info.batch + 1, info.step + 1, tuple(cursors))
+                self._skips.merge(info.skips)
+                self._skips.check(self.cfg.max_skip_fraction, self.cfg.skip_check_min_samples)
+                self._clips += batch.clips.shape[0]
+                yield batch
+        finally:
+            # stop the workers now, also on an early break (see VideoLoader.__iter__)
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+
+    def state_dict(self) -> dict:
+        p = self._normalized()
+        return {
+            "kind": "stream",
+            "epoch": p.epoch,
+            "batch": p.batch,
+            "step": p.step,
+            "cursors": [list(c) for c in p.cursors],
+            "seed": self.dataset.seed,
+            "world_size": self.dataset.world_size,
+            "num_workers": self.dataset.workers,
+            "batch_size": self.cfg.batch_size,
+            "shards": len(self.dataset.shards),
+            "num_samples": self.num_samples,
+            "clips": self._clips,
+            "skips": self._skips.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores the position; data, seed, world size, worker count and batch size must be those it was
+        saved with (readers' shards depend on all of them)."""
+        if state.get("kind") != "stream":
+            raise ValueError(
+                f"data loader state: saved by a {state.get('kind', 'file loader')!r} stream, "
+                "this run streams shards from URLs"
+            )
+        for key, have in (
+            ("seed", self.dataset.seed),
+            ("world_size", self.dataset.world_size),
+            ("num_workers", self.dataset.workers),
+            ("batch_size", self.cfg.batch_size),
+            ("shards", len(self.dataset.shards)),
+            ("num_samples", self.num_samples),
+        ):
+            if state[key] != have:
+                raise ValueError(
+                    f"data loader state: {key} was {state[key]} when saved, is {have} now; "
+                    "the saved position does not apply to this data/layout"
+                )
+        cursors = tuple((int(pos), int(member)) for pos, member in state["cursors"])
+        self._position = StreamPosition(int(state["epoch"]), int(state["batch"]), int(state["step"]), cursors)
+        self._clips = int(state["clips"])
+        self._skips = SkipStats.from_dict(state["skips"])
+
+    def stats(self) -> dict:
+        """Clips delivered and samples skipped (with keys, per shard URL) on this rank so far."""
+        s = self._skips
+        p = self._normalized()
+        return {
+            "epoch": p.epoch,
+            "batch": p.batch,
+            "step": p.step,
+            "clips": self._clips,
+            "samples_seen": s.seen,
+            "skipped": s.skipped,
+            "skip_fraction": s.fraction,
+            "skipped_by_shard": {
+                shard: {"skipped": n, "seen": s.seen_by_shard.get(shard, 0), "keys": s.keys_by_shard[shard]}
+                for shard, n in s.skipped_by_shard.items()
+            },
+        }
+
+
+def _stream_shards(cfg: DataConfig, prefix: str = "data.sources") -> tuple[list[StreamShard], list[Source]]:
+    """Every source's shard URLs with their sample counts, and the sources as `EpochPlan` reads them."""
+    shards: list[StreamShard] = []
+    sources: list[Source] = []
+    for i, source in enumerate(cfg.sources):
+        key = f"{prefix}.{i}"
+        if not is_stream_url(source.path):
+            raise ValueError(
+                f"{key}.path: {source.path!r} is a local path among streamed URL sources; "
+                f"stream every source ({', '.join(STREAM_PREFIXES)}) or none"
+            )
+        if source.kind not in ("auto", "shards"):
+            raise ValueError(f"{key}.kind: URL sources are tar shards, got kind {source.kind!r}")
+        if source.path.startswith(("http://", "https://")) and shutil.which("curl") is None:
+            raise ValueError(f"{key}.path: webdataset reads http(s) URLs with curl, which is not on the PATH")
+        urls = expand_braces(source.path)
+        counts = [source.samples_per_shard or _counted(url, key) for url in urls]
+        shards.extend(StreamShard(url, n) for url, n in zip(urls, counts, strict=True))
+        sources.append(Source(source.path, source.weight, [Unit(url, None, []) for url in urls]))
+    return shards, sources
+
+
+def _counted(url: str, key: str) -> int:
+    try:
+        return count_samples(url)
+    except (OSError, tarfile.TarError, ValueError) as err:  # curl/pipe exits, network, damaged tar
+        raise ValueError(f"{key}.path: cannot read streamed shard {url!r}: {err}") from err
+
+
+def build_stream(
+    cfg: DataConfig,
+    *,
+    mask_generator: MaskFn | None,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    state: dict | None = None,
+) -> ShardStream:
+    """The stream for rank `rank` of `world_size` over streamed shard URLs in `cfg.sources`, restored from
+    `state` (a `ShardStream.state_dict()`) when given. Counts shards' samples unless the sources state
+    `samples_per_shard`."""
+    cfg.validate("data")
+    if cfg.dataset != "files":
+        raise ValueError(f"data.dataset: streamed shards are read with dataset 'files', got {cfg.dataset!r}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    shards, sources = _stream_shards(cfg)
+    dataset = _StreamDataset(
+        shards, sources, cfg, mask_generator=mask_generator, seed=seed, rank=rank, world_size=world_size
+    )
+    layout = dataset.layout(0)
+    readers = world_size * dataset.workers
+    per_epoch = sum(len(reads) for reads in layout.reads)
+    if per_epoch < readers:
+        raise ValueError(
+            f"data.sources: {per_epoch} streamed shards per epoch ({', '.join(s.path for s in cfg.sources)}) "
+            f"for {world_size} ranks x {dataset.workers} workers; every reader needs a shard of its own: "
+            "use more shards or fewer data.num_workers"
+        )
+    if dataset.num_batches(0) == 0:
+        raise ValueError(
+            f"data.batch_size: the smallest reader's shards hold {min(layout.samples)} samples, fewer than "
+            f"one batch of {dataset.videos_per_batch} videos ({readers} readers over {per_epoch} shards)"
+        )
+    used = dataset.num_batches(0) * dataset.videos_per_batch * world_size
+    log.info(
+        "streaming %d shards (%d samples) to %d ranks x %d workers: %d samples per epoch used, %d left unread "
+        "to keep batch counts equal",
+        per_epoch,
+        sum(layout.samples),
+        world_size,
+        dataset.workers,
+        used,
+        sum(layout.samples) - used,
+    )
+    stream = ShardStream(dataset)
+    if state is not None:
+        stream.load_state_dict(state)
+    return stream
