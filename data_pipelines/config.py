@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
-SOURCE_KINDS = ("auto", "shards", "csv", "folder")
-DATASETS = ("synthetic", "files")
-DECODERS = ("auto", "decord", "pyav")
+from data_pipelines.checks import check, check_choices, check_range
 
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ValueError(f"{key}: {message}")
-
-
-def _check_range(value: tuple[float, float], key: str, low: float, high: float) -> None:
-    _check(len(value) == 2, key, f"expected two numbers (min, max), got {value!r}")
-    a, b = value
-    _check(low < a <= b <= high, key, f"need {low} < min <= max <= {high}, got {value!r}")
+SourceKind = Literal["auto", "shards", "csv", "folder"]
+Dataset = Literal["synthetic", "files"]  # synthetic: clips generated in memory, no files; files: the sources
+Decoder = Literal["auto", "decord", "pyav"]  # auto: decord, else PyAV
 
 
 @dataclass
@@ -31,22 +23,20 @@ class SourceConfig:
     """
 
     path: str = ""
-    kind: str = "auto"  # auto | shards | csv | folder
+    kind: SourceKind = "auto"
     weight: float = 1.0
     samples_per_shard: int = 0  # streamed URL shards: samples in each, spares the counting pass (0: count)
 
     def validate(self, prefix: str = "source") -> None:
-        _check(bool(self.path), f"{prefix}.path", "must name a shard folder/pattern, a CSV file or a folder")
-        _check(
-            self.kind in SOURCE_KINDS, f"{prefix}.kind", f"must be one of {SOURCE_KINDS}, got {self.kind!r}"
-        )
-        _check(self.weight > 0, f"{prefix}.weight", f"must be > 0, got {self.weight}")
-        _check(self.samples_per_shard >= 0, f"{prefix}.samples_per_shard", "must be >= 0 (0: count)")
+        check_choices(self, prefix)
+        check(bool(self.path), f"{prefix}.path", "must name a shard folder/pattern, a CSV file or a folder")
+        check(self.weight > 0, f"{prefix}.weight", f"must be > 0, got {self.weight}")
+        check(self.samples_per_shard >= 0, f"{prefix}.samples_per_shard", "must be >= 0 (0: count)")
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"  # synthetic (clips generated in memory, no files) | files (the sources below)
+    dataset: Dataset = "synthetic"
     sources: list[SourceConfig] = field(default_factory=list)
     # clip sampling
     frames_per_clip: int = 16
@@ -62,7 +52,7 @@ class DataConfig:
     # loader
     batch_size: int = 24  # clips per rank (num_clips clips per video)
     num_workers: int = 2
-    decoder: str = "auto"  # auto (decord, else PyAV) | decord | pyav
+    decoder: Decoder = "auto"
     decode_timeout_s: float = 30.0  # bound on one video's decode; 0 disables the bound
     shuffle: bool = True  # seeded shard order and shuffle buffer; False reads in source order
     shuffle_buffer: int = 256  # samples mixed by the shuffle buffer (per rank); 0 or 1 disables it
@@ -74,33 +64,34 @@ class DataConfig:
 
     def validate(self, prefix: str = "data") -> None:
         """Checks every field; a ValueError names the offending key (`prefix.field`)."""
-        _check(
-            self.dataset in DATASETS, f"{prefix}.dataset", f"must be one of {DATASETS}, got {self.dataset!r}"
-        )
+        check_choices(self, prefix)
         if self.dataset == "files":
-            _check(len(self.sources) >= 1, f"{prefix}.sources", "dataset 'files' needs at least one source")
+            check(len(self.sources) >= 1, f"{prefix}.sources", "dataset 'files' needs at least one source")
+        else:  # the synthetic stream would silently ignore them
+            check(
+                not self.sources,
+                f"{prefix}.sources",
+                f"given while {prefix}.dataset={self.dataset!r}; set {prefix}.dataset=files to read them",
+            )
         for i, source in enumerate(self.sources):
             source.validate(f"{prefix}.sources.{i}")
         for key in ("frames_per_clip", "frame_step", "num_clips", "crop_size", "batch_size"):
-            _check(getattr(self, key) >= 1, f"{prefix}.{key}", f"must be >= 1, got {getattr(self, key)}")
-        _check(self.fps is None or self.fps > 0, f"{prefix}.fps", f"must be > 0 or null, got {self.fps}")
-        _check(
+            check(getattr(self, key) >= 1, f"{prefix}.{key}", f"must be >= 1, got {getattr(self, key)}")
+        check(self.fps is None or self.fps > 0, f"{prefix}.fps", f"must be > 0 or null, got {self.fps}")
+        check(
             self.batch_size % self.num_clips == 0,
             f"{prefix}.batch_size",
             f"{self.batch_size} is not divisible by {prefix}.num_clips={self.num_clips}",
         )
-        _check_range(self.crop_scale, f"{prefix}.crop_scale", 0.0, 1.0)
-        _check_range(self.crop_aspect, f"{prefix}.crop_aspect", 0.0, float("inf"))
-        _check(0.0 <= self.hflip <= 1.0, f"{prefix}.hflip", f"must be in [0, 1], got {self.hflip}")
-        _check(self.num_workers >= 0, f"{prefix}.num_workers", f"must be >= 0, got {self.num_workers}")
-        _check(
-            self.decoder in DECODERS, f"{prefix}.decoder", f"must be one of {DECODERS}, got {self.decoder!r}"
-        )
-        _check(self.decode_timeout_s >= 0, f"{prefix}.decode_timeout_s", "must be >= 0 (0 disables it)")
-        _check(self.shuffle_buffer >= 0, f"{prefix}.shuffle_buffer", "must be >= 0")
-        _check(
+        check_range(self.crop_scale, f"{prefix}.crop_scale", lo=0.0, hi=1.0)
+        check_range(self.crop_aspect, f"{prefix}.crop_aspect", lo=0.0, hi=float("inf"))
+        check(0.0 <= self.hflip <= 1.0, f"{prefix}.hflip", f"must be in [0, 1], got {self.hflip}")
+        check(self.num_workers >= 0, f"{prefix}.num_workers", f"must be >= 0, got {self.num_workers}")
+        check(self.decode_timeout_s >= 0, f"{prefix}.decode_timeout_s", "must be >= 0 (0 disables it)")
+        check(self.shuffle_buffer >= 0, f"{prefix}.shuffle_buffer", "must be >= 0")
+        check(
             0.0 <= self.max_skip_fraction <= 1.0,
             f"{prefix}.max_skip_fraction",
             f"must be in [0, 1], got {self.max_skip_fraction}",
         )
-        _check(self.skip_check_min_samples >= 0, f"{prefix}.skip_check_min_samples", "must be >= 0")
+        check(self.skip_check_min_samples >= 0, f"{prefix}.skip_check_min_samples", "must be >= 0")

@@ -131,6 +131,8 @@ def _resolve_kind(cfg: SourceConfig) -> str:
         return "shards"
     if os.path.isdir(path):
         return "shards" if glob.glob(os.path.join(glob.escape(path), "*.tar")) else "folder"
+    if not os.path.exists(path) and not os.path.splitext(path.rstrip("/"))[1]:
+        return "folder"  # a missing path without a file extension was meant as a folder
     return "csv"
 
 

@@ -3,13 +3,28 @@ overrides, the saved resolved config reading back equal, and every shipped YAML 
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
-from vjepa.config import Config, _YamlLoader, load_config, save_config, to_dict
+from data_pipelines.config import DataConfig
+from vjepa.config import (
+    CheckpointConfig,
+    Config,
+    DistConfig,
+    LogConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    _YamlLoader,
+    load_config,
+    save_config,
+    to_dict,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted(
@@ -251,3 +266,94 @@ def _leaves(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
 def test_xformers_on_cpu_stops_before_any_work() -> None:
     with pytest.raises(ValueError, match=r"model\.attention=xformers.*sdpa.*train\.device=cpu"):
         load_config(None, ["model.attention=xformers", "train.device=cpu"])
+
+
+# ----------------------------------------------------------------------------- allowed values, sections
+
+
+def _literal_fields(cls: type, prefix: str) -> dict[str, tuple]:
+    """Dotted key -> allowed values of every `Literal`-typed field in the tree under `cls`."""
+    out = {}
+    for name, tp in typing.get_type_hints(cls).items():
+        key = f"{prefix}{name}"
+        inner = typing.get_args(tp)[0] if typing.get_origin(tp) is list else tp
+        if typing.get_origin(tp) is typing.Literal:
+            out[key] = typing.get_args(tp)
+        elif dataclasses.is_dataclass(inner):
+            out.update(_literal_fields(inner, f"{key}.0." if inner is not tp else f"{key}."))
+    return out
+
+
+def test_allowed_values_come_from_literal_types() -> None:
+    fields = _literal_fields(Config, "")
+    assert set(fields) >= {
+        "model.pos_embed",
+        "model.attention",
+        "optim.schedule",
+        "train.precision",
+        "train.device",
+        "dist.backend",
+        "dist.zero_stage",
+        "data.dataset",
+        "data.decoder",
+        "data.sources.0.kind",
+        "mask.0.kind",
+    }
+    for key, choices in fields.items():
+        overrides = ["data.dataset=files", "data.sources=[{path: a, kind: auto}]"] if "sources" in key else []
+        with pytest.raises(ValueError, match=rf"^{re.escape(key)}: must be one of") as err:
+            load_config(overrides=[*overrides, f"{key}=bogus"])
+        assert all(repr(c) in str(err.value) for c in choices), key
+
+
+def test_sections_validate_themselves() -> None:
+    cases = [
+        (ModelConfig(pred_heads=5), "model.pred_width"),
+        (ModelConfig(attention="flash"), "model.attention"),
+        (OptimConfig(lr=0.0), "optim.lr"),
+        (TrainConfig(steps=0), "train.steps"),
+        (DistConfig(zero_stage=4), "dist.zero_stage"),
+        (CheckpointConfig(keep_last=0), "checkpoint.keep_last"),
+        (LogConfig(every_steps=0), "log.every_steps"),
+        (DataConfig(decoder="ffmpeg"), "data.decoder"),
+    ]
+    for section, key in cases:
+        with _raises_naming(key):
+            section.validate(key.split(".")[0])
+    for section in (
+        ModelConfig(),
+        OptimConfig(),
+        TrainConfig(),
+        DistConfig(),
+        CheckpointConfig(),
+        LogConfig(),
+    ):
+        section.validate(type(section).__name__)  # the defaults pass
+
+
+def test_a_stage_must_be_an_integer_not_a_bool() -> None:
+    with _raises_naming("dist.zero_stage"):
+        DistConfig(zero_stage=True).validate("dist")  # True == 1, but not a ZeRO stage
+
+
+def test_sources_with_the_synthetic_dataset_name_both_keys(tmp_path: Path) -> None:
+    """The synthetic stream would ignore them silently."""
+    with pytest.raises(ValueError, match=r"^data\.sources: .*data\.dataset='synthetic'.*data\.dataset=files"):
+        load_config(overrides=["data.sources=[{path: shards/a}]"])
+    with pytest.raises(ValueError, match=r"data\.sources.*data\.dataset"):
+        load_config(_write(tmp_path, "data:\n  sources:\n    - path: shards/a\n"))
+    cfg = load_config(overrides=["data.dataset=files", "data.sources=[{path: shards/a}]"])
+    assert cfg.data.sources[0].path == "shards/a"
+
+
+def test_a_missing_source_folder_is_reported_as_a_folder(tmp_path: Path) -> None:
+    from data_pipelines.config import SourceConfig
+    from data_pipelines.sources import load_sources
+
+    for path in (tmp_path / "no_such_dir", f"{tmp_path / 'no_such_dir'}/"):
+        with pytest.raises(
+            ValueError, match=r"^data\.sources\.0\.path: folder .*no_such_dir.* does not exist"
+        ):
+            load_sources([SourceConfig(path=str(path))])
+    with pytest.raises(ValueError, match=r"^data\.sources\.0\.path: CSV list .* does not exist"):
+        load_sources([SourceConfig(path=str(tmp_path / "list.csv"))])

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
-MASK_KINDS = ("multiblock", "tube", "future")
+from data_pipelines.checks import check_choices, check_range
+
+MaskKind = Literal["multiblock", "tube", "future"]
+MASK_KINDS: tuple[str, ...] = typing.get_args(MaskKind)
 
 
 @dataclass
@@ -21,7 +26,7 @@ class MaskSpec:
     `max_context_tokens` caps the context of any kind at a random subset of that size.
     """
 
-    kind: str = "multiblock"  # multiblock | tube | future
+    kind: MaskKind = "multiblock"
     # multiblock (and the optional spatial blocks of `future`)
     num_blocks: int = 8
     spatial_scale: tuple[float, float] = (0.15, 0.15)  # fraction of the spatial grid per block
@@ -37,13 +42,12 @@ class MaskSpec:
 
     def validate(self, prefix: str) -> None:
         """Raises ValueError naming `prefix.field` for the first out-of-range field."""
-        if self.kind not in MASK_KINDS:
-            raise ValueError(f"{prefix}.kind: unknown mask kind {self.kind!r}; expected one of {MASK_KINDS}")
+        check_choices(self, prefix)
         if self.num_blocks < 1:
             raise ValueError(f"{prefix}.num_blocks: must be >= 1, got {self.num_blocks}")
-        _check_range(f"{prefix}.spatial_scale", self.spatial_scale, lo=0.0, hi=1.0)
-        _check_range(f"{prefix}.temporal_scale", self.temporal_scale, lo=0.0, hi=1.0)
-        _check_range(f"{prefix}.aspect_ratio", self.aspect_ratio, lo=0.0, hi=float("inf"))
+        check_range(self.spatial_scale, f"{prefix}.spatial_scale", lo=0.0, hi=1.0)
+        check_range(self.temporal_scale, f"{prefix}.temporal_scale", lo=0.0, hi=1.0)
+        check_range(self.aspect_ratio, f"{prefix}.aspect_ratio", lo=0.0, hi=float("inf"))
         if self.max_context_tokens is not None and self.max_context_tokens < 1:
             raise ValueError(
                 f"{prefix}.max_context_tokens: must be None or >= 1, got {self.max_context_tokens}"
@@ -56,15 +60,6 @@ class MaskSpec:
             raise ValueError(f"{prefix}.context_fraction: must be in (0, 1), got {self.context_fraction}")
         if self.future_blocks < 0:
             raise ValueError(f"{prefix}.future_blocks: must be >= 0, got {self.future_blocks}")
-
-
-def _check_range(key: str, pair: tuple[float, float], *, lo: float, hi: float) -> None:
-    """A (min, max) pair with lo < min <= max <= hi."""
-    if len(pair) != 2:
-        raise ValueError(f"{key}: expected [min, max], got {list(pair)}")
-    a, b = pair
-    if not (lo < a <= b <= hi):
-        raise ValueError(f"{key}: expected {lo} < min <= max <= {hi}, got {list(pair)}")
 
 
 def default_mask_specs() -> list[MaskSpec]:
