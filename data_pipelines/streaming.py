@@ -92,8 +92,13 @@ class StreamShard:
 
     @property
     def name(self) -> str:
-        """What sample keys start with: the shard's file name without `.tar` (for `pipe:` the last word)."""
-        path = self.url.split()[-1] if self.url.startswith("pipe:") else urlparse(self.url).path
+        """What sample keys start with: the shard's file name without `.tar` (for `pipe:`, that of the
+        command's last word naming a `.tar`, else of its last word)."""
+        if self.url.startswith("pipe:"):
+            words = self.url.removeprefix("pipe:").split() or [""]
+            path = ([w for w in words if ".tar" in w] or words)[-1]
+        else:
+            path = urlparse(self.url).path
         return path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".tar")
 
 

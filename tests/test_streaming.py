@@ -18,6 +18,7 @@ import torch
 from conftest import frame_numbers
 
 from data_pipelines import decode
+from data_pipelines.bad_samples import TooManyBadSamplesError
 from data_pipelines.config import SourceConfig
 from data_pipelines.loader import build_loader
 from data_pipelines.masking.generator import MaskGenerator
@@ -180,6 +181,15 @@ def test_bad_members_are_skipped_and_counted_once(
     assert (stats["skipped"], stats["samples_seen"], stats["clips"]) == (3, 13, 10)
     assert sorted(stats["skipped_by_shard"][url]["keys"]) == sorted(f"mixed-000000/{k}" for k in bad)
     assert all(f"mixed-000000/{k}" in caplog.text for k in bad)
+    strict = data_config(url, batch_size=5, max_skip_fraction=0.1, skip_check_min_samples=4)
+    with pytest.raises(
+        TooManyBadSamplesError, match=r"mixed-000000\.tar: 1/6 skipped \(e\.g\. mixed-000000/zero\)"
+    ):
+        list(build_stream(strict, mask_generator=None, seed=0))
+    with pytest.raises(
+        ValueError, match=r"data\.sources\.0\.path: cannot read streamed shard 'http://.*/gone\.tar'"
+    ):
+        build_stream(data_config(url.replace("mixed-000000", "gone")), mask_generator=None, seed=0)
 
 
 def test_layout_errors_name_the_source(shard_dir: Path, data_config) -> None:
@@ -200,7 +210,9 @@ def test_layout_errors_name_the_source(shard_dir: Path, data_config) -> None:
     file_state = build_loader(data_config(shard_dir), mask_generator=None, seed=0).state_dict()
     with pytest.raises(ValueError, match="saved by a 'file loader' stream"):
         build_stream(data_config(two), mask_generator=None, seed=0, state=file_state)
-    assert (
-        StreamShard("pipe:cat /a/b/shard-000007.tar", 1).name
-        == StreamShard("https://h/x/shard-000007.tar", 1).name
+    urls = (
+        "pipe:cat /a/b/shard-000007.tar",
+        "pipe:aws s3 cp s3://b/shard-000007.tar -",
+        "https://h/shard-000007.tar",
     )
+    assert {StreamShard(url, 1).name for url in urls} == {"shard-000007"}  # what sample keys start with
