@@ -170,6 +170,12 @@ def build_loader(
         raise ValueError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
+    if any(s.path.startswith(("http://", "https://", "pipe:")) for s in cfg.sources):
+        from data_pipelines.streaming import build_stream  # imports webdataset: only for streamed shards
+
+        return build_stream(  # type: ignore[return-value]  # a ShardStream: the same BatchStream protocol
+            cfg, mask_generator=mask_generator, seed=seed, rank=rank, world_size=world_size, state=state
+        )
     dataset = ClipDataset(
         load_sources(cfg.sources),
         cfg,
