@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import frame_numbers
 
-from data_pipelines import decode
+from data_pipelines import BatchStream, decode
 from data_pipelines.bad_samples import TooManyBadSamplesError
 from data_pipelines.config import SourceConfig
 from data_pipelines.loader import build_loader
@@ -65,7 +65,7 @@ def test_http_stream_yields_batches_like_the_file_loader(shard_dir: Path, data_c
     url = f"{base}/shard-{{000000..000003}}.tar"
     cfg = data_config(url, crop_scale=(1.0, 1.0), crop_aspect=(1.0, 1.0), hflip=0.0, frame_step=3)
     stream = build_loader(cfg, mask_generator=_masks(), seed=0)  # URL sources dispatch to the stream
-    assert isinstance(stream, ShardStream) and len(stream) == 8
+    assert isinstance(stream, ShardStream) and isinstance(stream, BatchStream) and len(stream) == 8
     batches = list(stream)
     assert len(batches) == 8 and stream.epoch == 1
     batch = batches[0]
