@@ -1,15 +1,15 @@
 """Streamed tar shards (`http://`, `https://`, `pipe:` URLs) read with webdataset, as a training BatchStream.
 
-Shape legend: B clips per batch (V videos x C clips each), T frames, S crop pixels, K decoded frames.
+Shape legend: B clips per batch (V videos x C clips each), T frames, S crop pixels.
 
 For shards in an object store or behind a command, which can only be read front to back. Local shards go
 through `loader.VideoLoader`, which indexes tar headers and splits per sample; here the split, the equal
 batch counts and resume all work per shard.
 
-Sources. Every `data.sources` entry is a URL or a brace pattern of URLs (`http://host/shard-{000000..000099}
-.tar`, `pipe:aws s3 cp s3://bucket/shard-{0..9}.tar -`); local paths cannot be mixed in. webdataset reads
-http(s) through `curl`, which must be on the PATH. A sample's members must be adjacent in the tar
-(webdataset groups consecutive members by key), as `ShardWriter` writes them.
+Sources. Every `data.sources` entry is a URL or a brace pattern of URLs, e.g.
+`http://host/shard-{000000..000099}.tar` or `pipe:aws s3 cp s3://bucket/shard-{0..9}.tar -`; local paths
+cannot be mixed in. webdataset reads http(s) through `curl`, which must be on the PATH. A sample's members
+must be adjacent in the tar (webdataset groups consecutive members by key), as `ShardWriter` writes them.
 
 Splitting (explicit, no torch.distributed or environment look-up). An epoch's shard order is
 `plan.EpochPlan`'s (seeded, source weights applied), the same on every rank. Shard i of it goes to rank
