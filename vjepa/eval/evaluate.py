@@ -5,6 +5,8 @@ Shape legend: M videos, V views per video (segments x spatial views), N tokens, 
 Training sees one view per video per epoch (drawn afresh every epoch); evaluation averages the softmax over
 all views of a video and takes the argmax. AdamW with a per-step cosine learning rate, weight decay on
 weight matrices only. Everything random comes from generators seeded by `seed`, so a run is repeatable.
+With `labels_per_class`, the probe trains on that many videos of each class only (a few-label probe; the
+subset is drawn from `seed`, so several seeds are several label subsets).
 """
 
 from __future__ import annotations
@@ -20,12 +22,20 @@ from torch import nn
 from vjepa.eval.extract import FeatureSet
 from vjepa.eval.probe import build_probe
 
-__all__ = ["ProbeConfig", "multiview_predict", "num_classes_of", "top1", "train_probe"]
+__all__ = [
+    "ProbeConfig",
+    "binomial_se",
+    "label_subset",
+    "multiview_predict",
+    "num_classes_of",
+    "top1",
+    "train_probe",
+]
 
 
 @dataclass
 class ProbeConfig:
-    kind: str = "attentive"  # attentive | linear
+    kind: str = "attentive"  # attentive | linear (mean-pooled) | token_linear (per-token weights)
     epochs: int = 20
     lr: float = 1e-3
     wd: float = 0.01
@@ -33,6 +43,7 @@ class ProbeConfig:
     seed: int = 0
     depth: int = 0  # self-attention blocks before the attentive pooler (V-JEPA 2 uses 3)
     heads: int | None = None  # None: probe.default_heads(D)
+    labels_per_class: int | None = None  # train on this many videos per class only (None: all)
 
     def validate(self) -> None:
         for name in ("epochs", "batch"):
@@ -42,6 +53,27 @@ class ProbeConfig:
             raise ValueError(f"--lr must be > 0 and --wd >= 0, got lr={self.lr} wd={self.wd}")
         if self.depth < 0:
             raise ValueError(f"--depth: must be >= 0, got {self.depth}")
+        if self.labels_per_class is not None and self.labels_per_class < 1:
+            raise ValueError(f"--labels-per-class: must be >= 1, got {self.labels_per_class}")
+
+
+def binomial_se(p: float, n: int) -> float:
+    """Standard error of an accuracy p measured on n independent clips: sqrt(p (1 - p) / n)."""
+    return math.sqrt(max(p * (1.0 - p), 0.0) / n) if n > 0 else float("nan")
+
+
+def label_subset(labels: torch.Tensor, per_class: int, *, seed: int) -> torch.Tensor:
+    """Indices [K * per_class] of `per_class` videos of every class, drawn without replacement by `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    picked = []
+    for c in labels.unique(sorted=True).tolist():
+        members = (labels == c).nonzero().flatten()
+        if len(members) < per_class:
+            raise ValueError(
+                f"--labels-per-class: class {c} has {len(members)} training videos, fewer than {per_class}"
+            )
+        picked.append(members[torch.randperm(len(members), generator=gen)[:per_class]])
+    return torch.cat(picked).sort().values
 
 
 def num_classes_of(*sets: FeatureSet) -> int:
@@ -94,13 +126,19 @@ def train_probe(
     cfg: ProbeConfig | None = None,
     *,
     device: torch.device | str = "cpu",
+    predictions: bool = False,
 ) -> dict:
-    """Trains a probe on `train`, evaluates it on both sets; returns top-1s and the settings used."""
+    """Trains a probe on `train`, evaluates it on both sets; returns top-1s and the settings used.
+    The train top-1 is measured on the videos the probe trained on. With `predictions`, the result also
+    holds "val_predicted" (the predicted class of every val video, in order)."""
     cfg = cfg or ProbeConfig()
     cfg.validate()
     _check_sets(train, val)
     start = time.perf_counter()
     classes = num_classes_of(train, val)
+    if cfg.labels_per_class is not None:
+        keep = label_subset(train.labels, cfg.labels_per_class, seed=cfg.seed)
+        train = FeatureSet(train.tokens[keep], train.labels[keep], [train.keys[i] for i in keep], train.meta)
     model = build_probe(
         cfg.kind,
         dim=train.tokens.shape[-1],
@@ -108,6 +146,7 @@ def train_probe(
         heads=cfg.heads,
         depth=cfg.depth,
         seed=cfg.seed,
+        tokens=int(train.tokens.shape[2]),
     ).to(device)
     opt = torch.optim.AdamW(_param_groups(model, cfg.wd), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -119,7 +158,7 @@ def train_probe(
         order = torch.randperm(videos, generator=gen)  # [M]
         view = torch.randint(views, (videos,), generator=gen)  # [M], one view per video this epoch
         for idx in order.split(cfg.batch):
-            if len(idx) < 2 and cfg.kind == "linear":  # BatchNorm needs two samples; drop a lone remainder
+            if len(idx) < 2 and cfg.kind != "attentive":  # BatchNorm needs two samples; drop a lone one
                 continue
             x = train.tokens[idx, view[idx]].to(device, torch.float32)  # [B, N, D]
             y = train.labels[idx].to(device)
@@ -133,6 +172,7 @@ def train_probe(
             step += 1
     train_probs = multiview_predict(model, train.tokens, batch=cfg.batch, device=device)
     val_probs = multiview_predict(model, val.tokens, batch=cfg.batch, device=device)
+    extra = {"val_predicted": val_probs.argmax(-1).tolist()} if predictions else {}
     return {
         "top1_val": top1(val_probs, val.labels),
         "top1_train": top1(train_probs, train.labels),
@@ -147,4 +187,5 @@ def train_probe(
         "final_loss": sum(losses[-steps_per_epoch:]) / max(1, len(losses[-steps_per_epoch:])),
         **asdict(cfg),
         "seconds": round(time.perf_counter() - start, 2),
+        **extra,
     }

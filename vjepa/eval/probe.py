@@ -1,5 +1,6 @@
 """Probes on frozen tokens: an attentive probe (optional self-attention blocks, then cross-attention from one
-learned query over all tokens, then Linear) and a linear probe on mean-pooled tokens.
+learned query over all tokens, then Linear), a linear probe on mean-pooled tokens, and a per-token linear
+probe (one weight matrix per token position: a linear readout that still sees where and when).
 
 Shape legend: B batch, N tokens, D width, K classes, Q learned queries (1), H heads, hd head dim.
 """
@@ -12,9 +13,9 @@ from torch import nn
 
 from vjepa.layers.block import Block, Mlp
 
-__all__ = ["AttentiveProbe", "LinearProbe", "build_probe", "default_heads"]
+__all__ = ["KINDS", "AttentiveProbe", "LinearProbe", "TokenLinearProbe", "build_probe", "default_heads"]
 
-KINDS = ("attentive", "linear")
+KINDS = ("attentive", "linear", "token_linear")
 
 
 def default_heads(dim: int, *, min_head_dim: int = 32, max_heads: int = 16) -> int:
@@ -90,6 +91,23 @@ class LinearProbe(nn.Module):
         return self.head(self.norm(tokens.mean(1)))  # [B, D] -> [B, K]
 
 
+class TokenLinearProbe(nn.Module):
+    """[B, N, D] -> logits [B, K]: the N*D token features standardised (BatchNorm without affine), then one
+    Linear over all of them, so every token position has its own weights."""
+
+    def __init__(self, dim: int, num_classes: int, *, tokens: int) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.norm = nn.BatchNorm1d(tokens * dim, affine=False, eps=1e-6)
+        self.head = nn.Linear(tokens * dim, num_classes)
+        _init(self)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.shape[1] != self.tokens:
+            raise ValueError(f"token_linear probe: built for {self.tokens} tokens, got {tokens.shape[1]}")
+        return self.head(self.norm(tokens.flatten(1)))  # [B, N*D] -> [B, K]
+
+
 @torch.no_grad()
 def _init(module: nn.Module) -> None:
     for m in module.modules():
@@ -99,13 +117,25 @@ def _init(module: nn.Module) -> None:
 
 
 def build_probe(
-    kind: str, *, dim: int, num_classes: int, heads: int | None = None, depth: int = 0, seed: int = 0
+    kind: str,
+    *,
+    dim: int,
+    num_classes: int,
+    heads: int | None = None,
+    depth: int = 0,
+    seed: int = 0,
+    tokens: int | None = None,
 ) -> nn.Module:
-    """A freshly initialised probe; its weights depend only on the arguments (the global RNG is untouched)."""
+    """A freshly initialised probe; its weights depend only on the arguments (the global RNG is untouched).
+    `tokens` (tokens per clip) is needed by the token_linear probe only."""
     if kind not in KINDS:
         raise ValueError(f"--kind: must be one of {KINDS}, got {kind!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if kind == "attentive":
             return AttentiveProbe(dim, num_classes, heads=heads, depth=depth)
+        if kind == "token_linear":
+            if tokens is None:
+                raise ValueError("token_linear probe: needs the number of tokens per clip")
+            return TokenLinearProbe(dim, num_classes, tokens=tokens)
         return LinearProbe(dim, num_classes)
