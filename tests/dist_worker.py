@@ -203,11 +203,14 @@ class Clock:
 
 def scenario(args: argparse.Namespace) -> dict:
     from vjepa.checkpoint import CheckpointManager
+    from vjepa.distributed.process_group import start_process_group
 
     env = read_env()
     world, rank = env.world_size, env.rank
     clock = Clock(rank)
     cfg = make_config(args.backend, args.stage, args.precision, world, args.workdir, args.extra)
+    if args.backend != "single":
+        start_process_group(env, torch.device("cpu"))
     torch.manual_seed(cfg.train.seed + rank)  # as the trainer does: ranks start different, engines broadcast
     engine = make_engine(cfg, build_models(cfg, torch.device("cpu")), torch.device("cpu"), env)
     ckpts = CheckpointManager(

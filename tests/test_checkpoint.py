@@ -4,6 +4,7 @@ the one weight-loading function names what does not fit, and the trainer writes 
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import pytest
@@ -42,14 +43,17 @@ class RunsCode:
 
 
 def malicious_file(path: Path, marker: Path) -> Path:
-    torch.save({"encoder": RunsCode(marker), "step": 3}, path)
+    """A file whose unpickling runs code: a plain pickle, which torch.load also reads (its legacy format)."""
+    with path.open("wb") as f:
+        pickle.dump({"encoder": RunsCode(marker), "step": 3}, f)
     return path
 
 
 def test_a_pickle_that_would_run_code_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     bad = malicious_file(tmp_path / "model.pt", marker)
-    torch.load(bad, weights_only=False)  # the file really does run code when loaded unsafely
+    with bad.open("rb") as f:
+        pickle.load(f)  # the file really does run code when loaded unsafely
     assert marker.exists()
     os.rmdir(marker)
     with pytest.raises(ValueError, match="train.init_from: .*not a weights-only torch file"):

@@ -360,11 +360,14 @@ def test_ddp_backend_launched_alone_runs_in_a_group_of_one(tmp_path: Path) -> No
     from torch.nn.parallel import DistributedDataParallel
 
     from vjepa.distributed.env import DistEnv
-    from vjepa.distributed.process_group import stop_process_group
+    from vjepa.distributed.process_group import start_process_group, stop_process_group
     from vjepa.train.trainer import make_engine
 
     cfg = worker.make_config("ddp", 0, "fp32", 1, str(tmp_path), [])
     try:
+        with pytest.raises(RuntimeError, match="needs a started process group"):
+            make_engine(cfg, worker.build_models(cfg, torch.device("cpu")), torch.device("cpu"), DistEnv())
+        start_process_group(DistEnv(), torch.device("cpu"))
         engine = make_engine(
             cfg, worker.build_models(cfg, torch.device("cpu")), torch.device("cpu"), DistEnv()
         )

@@ -142,8 +142,8 @@ def build_engine(
     """The engine for `dist.backend`: single (one process), ddp, or deepspeed (ZeRO `dist.zero_stage`).
     `optimizer_factory(module)` builds the torch optimizer over the module's parameter groups.
 
-    ddp and deepspeed run in a process group, started here from `env` if the caller has not started one
-    (a group of one when launched alone); a failed start raises instead of falling back to one process."""
+    ddp and deepspeed need the process group (`process_group.start_process_group`, a group of one when
+    launched alone) to be started already; without one this raises instead of falling back to one process."""
     if dist.backend == "single":
         if env.world_size > 1:
             raise ValueError(
@@ -154,7 +154,11 @@ def build_engine(
         return TorchEngine(model, optimizer_factory(model), device=device)
     if dist.backend not in ("ddp", "deepspeed"):
         raise ValueError(f"dist.backend: unknown backend {dist.backend!r} (known: single, ddp, deepspeed)")
-    process_group.start_process_group(env, device)
+    if not process_group.is_started(env):
+        raise RuntimeError(
+            f"dist.backend={dist.backend} needs a started process group of {env.world_size} "
+            "(vjepa.distributed.process_group.start_process_group)"
+        )
     if dist.backend == "deepspeed":
         from vjepa.distributed.deepspeed_engine import DeepSpeedEngine
 

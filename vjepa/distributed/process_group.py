@@ -74,6 +74,11 @@ def start_process_group(env: DistEnv, device: torch.device, *, timeout: timedelt
     return True
 
 
+def is_started(env: DistEnv) -> bool:
+    """True when the default process group exists and has `env`'s size."""
+    return dist.is_initialized() and dist.get_world_size() == env.world_size
+
+
 def stop_process_group() -> None:
     """Destroys the default process group if there is one (safe to call twice)."""
     if dist.is_initialized():

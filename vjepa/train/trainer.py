@@ -211,6 +211,21 @@ class Run:
             stop_process_group()
 
 
+def write_run_folder(cfg: Config, env: DistEnv, folder: RunFolder, initial: JepaModel | None) -> None:
+    """The resolved config, the environment and (for a fresh run) the initial weights: rank 0's, which every
+    engine broadcasts; the target starts as a copy of the encoder."""
+    folder.root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, folder.config)
+    folder.env.write_text(json.dumps(environment_info(env), indent=2))
+    if initial is not None:
+        parts = {
+            "encoder": initial.encoder,
+            "predictor": initial.predictor,
+            "target_encoder": initial.encoder,
+        }
+        atomic_torch_save({k: m.state_dict() for k, m in parts.items()}, folder.init_weights)
+
+
 def build_run(cfg: Config) -> Run:
     """Device, process group, models, engine, data and checkpoint manager for `cfg`; writes the run
     folder's config, environment and (on a fresh start) the initial weights."""
@@ -227,17 +242,8 @@ def build_run(cfg: Config) -> Run:
     model = build_models(cfg, device)
     ckpts = CheckpointManager(folder.checkpoints, keep_last=cfg.checkpoint.keep_last, rank=env.rank)
     if env.is_main:
-        folder.root.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, folder.config)
-        folder.env.write_text(json.dumps(environment_info(env), indent=2))
         fresh = not (cfg.checkpoint.resume and ckpts.latest() is not None)
-        if fresh and cfg.checkpoint.save_init:  # rank 0's weights: every engine broadcasts them
-            initial = {
-                "encoder": model.encoder,
-                "predictor": model.predictor,
-                "target_encoder": model.encoder,
-            }
-            atomic_torch_save({k: m.state_dict() for k, m in initial.items()}, folder.init_weights)
+        write_run_folder(cfg, env, folder, model if fresh and cfg.checkpoint.save_init else None)
     engine = make_engine(cfg, model, device, env)
     ckpts.barrier = engine.barrier
     grid = token_grid(
@@ -276,8 +282,8 @@ def resume(run: Run) -> int:
 @dataclass(frozen=True)
 class TrainSummary:
     start_step: int
-    end_step: int
-    steps_run: int
+    steps: int  # train.steps: where the run ends
+    steps_run: int  # by this call (0 for a finished run resumed)
     skipped_steps: int
     first_loss: float | None  # the first and last finite losses of this process's steps
     last_loss: float | None
@@ -332,7 +338,7 @@ def loop(run: Run, start: int) -> TrainSummary:
         logger.close()
     return TrainSummary(
         start_step=start,
-        end_step=max(start, steps),
+        steps=steps,
         steps_run=max(0, steps - start),
         skipped_steps=skipped,
         first_loss=first,
