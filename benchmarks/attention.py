@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from vjepa.layers.attention import attend
+from vjepa.utils import resolve_device
 
 Attn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 MIB = 2**20
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=7, help="timed forward+backward passes per variant")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=resolve_device("auto").type)
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                         help="default: float32 on CPU, bfloat16 on CUDA")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")

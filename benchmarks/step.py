@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     from vjepa.models.builder import token_grid
     from vjepa.train.data import build_train_data
     from vjepa.train.trainer import build_models, make_engine, train_step
+    from vjepa.utils import resolve_device
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="vit_tiny")
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device("auto")
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     cfg = load_config(
         None,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -175,3 +178,19 @@ def test_export_torchrun_env_fills_only_missing(monkeypatch: pytest.MonkeyPatch)
     export_torchrun_env(read_env(SLURM))
     assert os.environ["RANK"] == "5" and os.environ["WORLD_SIZE"] == "6" and os.environ["LOCAL_RANK"] == "1"
     assert os.environ["MASTER_ADDR"] == "gpu01" and os.environ["MASTER_PORT"] == "4242"
+
+
+def test_cli_help_imports_no_heavy_dependency() -> None:
+    """`vjepa --help` builds every subcommand's parser; the commands import their dependencies when they
+    run. A fresh interpreter, so that modules imported by other tests do not count."""
+    heavy = ["deepspeed", "av", "decord", "webdataset", "matplotlib", "tensorboard", "torch", "torchvision"]
+    code = (
+        "import json, sys\n"
+        "import vjepa.cli\n"
+        "vjepa.cli.build_parser().format_help()\n"
+        f"print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

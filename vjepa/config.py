@@ -7,25 +7,28 @@ ValueError that names the dotted key, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
 from data_pipelines.checks import check, check_choice, check_choices, literal_values
 from data_pipelines.config import DataConfig
 from data_pipelines.masking import MaskSpec, default_mask_specs
-from vjepa.utils import deep_merge, resolve_device
+from vjepa.utils import DeviceName, deep_merge, resolve_device
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 PosEmbed = Literal["sincos", "rope"]  # sincos: fixed 3D sin-cos (V-JEPA 1); rope: 3D rotary (V-JEPA 2)
 Attention = Literal["sdpa", "xformers"]  # xformers: CUDA only
 Schedule = Literal["vjepa1", "vjepa2"]  # vjepa1: warmup + cosine; vjepa2: warmup + constant [+ cooldown]
 Precision = Literal["bf16", "fp32"]  # bf16: autocast with fp32 weights
-Device = Literal["auto", "cpu", "cuda"]
 Backend = Literal["single", "ddp", "deepspeed"]
 ZeroStage = Literal[0, 1, 2, 3]
 
@@ -92,7 +95,7 @@ class OptimConfig:
 class TrainConfig:
     steps: int = 100
     precision: Precision = "bf16"
-    device: Device = "auto"
+    device: DeviceName = "auto"
     seed: int = 0
     out_dir: str = "runs/default"
     max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
@@ -315,15 +318,30 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
             node = node.setdefault(part, {}) if isinstance(node, dict) else node[part]
 
 
+def bundled_configs() -> list[str]:
+    """Names of the config files shipped inside the package (vjepa/configs/*.yaml), e.g. `quickstart`."""
+    files = importlib.resources.files("vjepa.configs").iterdir()
+    return sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml"))
+
+
+def find_config(path: str | Path) -> Path | Traversable:
+    """The config file `path` names: the file itself when it exists, else a bundled config of that name
+    (`quickstart` or `quickstart.yaml`), read through importlib.resources so that it works from any install."""
+    if Path(path).is_file():
+        return Path(path)
+    name = str(path).removesuffix(".yaml")
+    bundled = bundled_configs()
+    if name in bundled:
+        return importlib.resources.files("vjepa.configs").joinpath(f"{name}.yaml")
+    raise ValueError(f"config file not found: {path} (bundled configs: {', '.join(bundled)})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults, then the YAML file, then `key=value` overrides; validated before anything runs."""
     data = to_dict(Config())
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file not found: {path}")
-        with path.open() as f:
-            loaded = yaml.load(f, Loader=_YamlLoader) or {}
+        path = find_config(path)
+        loaded = yaml.load(path.read_text(), Loader=_YamlLoader) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a config file must hold a mapping at the top level")
         try:

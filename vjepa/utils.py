@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import copy
 import os
+import typing
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-DEVICE_NAMES = ("auto", "cpu", "cuda")
+DeviceName = Literal["auto", "cpu", "cuda"]  # the config's train.device takes the same names
+DEVICE_NAMES: tuple[str, ...] = typing.get_args(DeviceName)
 
 
 def resolve_device(name: str = "auto", *, index: int | None = None, key: str = "device") -> torch.device:

@@ -1,17 +1,23 @@
-"""`vjepa bench NAME [args]`: runs `benchmarks/NAME.py` (masks, loader, attention, step), which prints JSON."""
+"""`vjepa bench NAME [args]`: runs the benchmark module `benchmarks.NAME` (attention, loader, masks, step),
+which prints JSON. The benchmarks are installed with the package, so this works outside a checkout too."""
 
 from __future__ import annotations
 
 import argparse
-import runpy
+import importlib
+import pkgutil
 import sys
-from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+
+def benchmark_names() -> list[str]:
+    """The modules of the `benchmarks` package (listed without importing them)."""
+    import benchmarks
+
+    return sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if not m.name.startswith("_"))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    names = sorted(p.stem for p in BENCH_DIR.glob("*.py") if not p.stem.startswith("_"))
+    names = benchmark_names()
     p = sub.add_parser("bench", help=f"benchmarks printing JSON ({', '.join(names) or 'none found'})")
     p.add_argument("name", help="benchmark name")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
@@ -19,14 +25,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    script = BENCH_DIR / f"{args.name}.py"
-    if not script.is_file():
-        raise ValueError(f"unknown benchmark {args.name!r}: no {script}")
-    module = runpy.run_path(str(script), run_name="vjepa_bench")
+    names = benchmark_names()
+    if args.name not in names:
+        raise ValueError(f"unknown benchmark {args.name!r} (known: {', '.join(names)})")
+    module = importlib.import_module(f"benchmarks.{args.name}")
     old_argv = sys.argv
     try:
-        sys.argv = [str(script), *args.args]
-        module["main"](list(args.args))
+        sys.argv = [f"vjepa bench {args.name}", *args.args]
+        module.main(list(args.args))
     finally:
         sys.argv = old_argv
     return 0

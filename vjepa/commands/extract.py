@@ -37,8 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from vjepa.eval.data import EvalClipSpec, find_splits
     from vjepa.eval.extract import (
         checkpoint_config,
@@ -47,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         load_encoder,
         save_features,
     )
+    from vjepa.utils import resolve_device
 
     start = time.perf_counter()
     state = load_checkpoint_state(args.checkpoint)
@@ -60,10 +59,7 @@ def run(args: argparse.Namespace) -> int:
         decoder=cfg.data.decoder,
     )
     spec.validate()
-    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    if cuda and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
-    device = torch.device("cuda" if cuda else "cpu")
+    device = resolve_device(args.device, key="--device")
     splits = find_splits(args.data)  # before the model is built: a bad --data fails fast
     encoder = load_encoder(
         state,

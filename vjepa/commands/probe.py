@@ -28,13 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from vjepa.eval.evaluate import ProbeConfig, train_probe
     from vjepa.eval.extract import load_features
+    from vjepa.utils import resolve_device
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
+    device = resolve_device(args.device, key="--device")
     cfg = ProbeConfig(
         kind=args.kind,
         epochs=args.epochs,
@@ -46,6 +44,6 @@ def run(args: argparse.Namespace) -> int:
         heads=args.heads,
     )
     train, val = load_features(args.train), load_features(args.val)
-    result = train_probe(train, val, cfg, device=args.device)
+    result = train_probe(train, val, cfg, device=device)
     print(json.dumps({"train": args.train, "val": args.val, **result}), flush=True)
     return 0

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from data_pipelines.shard_writer import pack_videos
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -25,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from data_pipelines.shard_writer import pack_videos
+
     if not args.reencode and args.short_side is not None:
         raise ValueError("--short-side needs --reencode")
     summary = pack_videos(

@@ -5,14 +5,27 @@ from __future__ import annotations
 import argparse
 import json
 
-from data_pipelines.synthetic import CLASS_NAMES, write_synthetic_dataset
+_CLASSES = "Classes (the first --classes are used): {}."
+
+
+class _ClassListHelp(argparse.HelpFormatter):
+    """Fills in the built-in class names when the help is printed: the generator module loads PyAV, which
+    `vjepa --help` and the other subcommands do not need."""
+
+    def add_text(self, text: str | None) -> None:
+        if text == _CLASSES:
+            from data_pipelines.synthetic import CLASS_NAMES
+
+            text = _CLASSES.format(", ".join(CLASS_NAMES))
+        super().add_text(text)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "synth",
         help="write the labelled synthetic motion-video dataset (train/val tar shards of mp4s)",
-        description=f"Classes (the first --classes are used): {', '.join(CLASS_NAMES)}.",
+        description=_CLASSES,
+        formatter_class=_ClassListHelp,
     )
     p.add_argument(
         "--out", required=True, help="output folder (gets train/, val/, classes.json, summary.json)"
@@ -21,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--val-videos", type=int, default=None, help="validation videos (default 25%% of --videos)"
     )
-    p.add_argument("--classes", type=int, default=8, help=f"number of classes, at most {len(CLASS_NAMES)}")
+    p.add_argument("--classes", type=int, default=8, help="number of classes (at most those listed above)")
     p.add_argument("--frames", type=int, default=32, help="frames per video (default 32)")
     p.add_argument("--size", type=int, default=64, help="frame height = width in pixels, even (default 64)")
     p.add_argument("--fps", type=float, default=15.0, help="frame rate written to the mp4s (default 15)")
@@ -32,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from data_pipelines.synthetic import write_synthetic_dataset
+
     summary = write_synthetic_dataset(
         args.out,
         videos=args.videos,

@@ -26,6 +26,7 @@ from vjepa.config import Config, from_dict
 from vjepa.eval.data import EvalClipSpec, EvalVideo, iter_eval_videos
 from vjepa.models.builder import build_encoder
 from vjepa.models.weights import LOAD_ERRORS, load_weights, read_torch_file
+from vjepa.utils import atomic_write
 
 __all__ = [
     "FeatureSet",
@@ -57,13 +58,14 @@ class FeatureSet:
 
 def save_features(features: FeatureSet, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(
-        {"tokens": features.tokens, "labels": features.labels, "keys": features.keys, "meta": features.meta},
-        tmp,
-    )
-    tmp.replace(path)
+    state = {
+        "tokens": features.tokens,
+        "labels": features.labels,
+        "keys": features.keys,
+        "meta": features.meta,
+    }
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 
@@ -144,7 +146,9 @@ def load_encoder(
             device="cpu",
         )
     if not random_init:
-        load_weights(encoder, state[ENCODER_KEYS[which]], f"the checkpoint's {ENCODER_KEYS[which]} ({m.name})")
+        load_weights(
+            encoder, state[ENCODER_KEYS[which]], f"the checkpoint's {ENCODER_KEYS[which]} ({m.name})"
+        )
     return encoder.to(device).eval().requires_grad_(False)
 
 
