@@ -1,0 +1,83 @@
+"""data_pipelines: video data for V-JEPA training and evaluation. These names are its public face; `vjepa`
+imports only them, everything else is internal.
+
+- Training data: `build_train_stream` (the `BatchStream` for a `DataConfig`), `build_loader` (the file
+  loader itself), the `VideoBatch` / `MaskBatch` it yields, `MaskGenerator` / `MaskSpec` /
+  `default_mask_specs` for the masks, `normalize` for the training device.
+- Evaluation clips: `EvalClipSpec`, `iter_eval_videos` -> `EvalVideo`, `find_splits`.
+- Making data: `pack_videos` (videos -> tar shards), `write_synthetic_dataset` and its `CLASS_NAMES`.
+
+Names are imported on first use, so that `import data_pipelines.sources` (or reading a config) does not
+load PyTorch, torchvision or PyAV.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from data_pipelines.batch import MaskBatch, VideoBatch
+    from data_pipelines.config import DataConfig, SourceConfig
+    from data_pipelines.eval_clips import EvalClipSpec, EvalVideo, find_splits, iter_eval_videos
+    from data_pipelines.loader import build_loader
+    from data_pipelines.masking import MaskGenerator, MaskSpec, default_mask_specs
+    from data_pipelines.shard_writer import pack_videos
+    from data_pipelines.stream import BatchStream, build_train_stream
+    from data_pipelines.synthetic import CLASS_NAMES, write_synthetic_dataset
+    from data_pipelines.transforms import normalize
+
+_EXPORTS = {  # public name -> the module that defines it
+    "BatchStream": "stream",
+    "build_train_stream": "stream",
+    "build_loader": "loader",
+    "VideoBatch": "batch",
+    "MaskBatch": "batch",
+    "DataConfig": "config",
+    "SourceConfig": "config",
+    "MaskGenerator": "masking",
+    "MaskSpec": "masking",
+    "default_mask_specs": "masking",
+    "normalize": "transforms",
+    "EvalClipSpec": "eval_clips",
+    "EvalVideo": "eval_clips",
+    "iter_eval_videos": "eval_clips",
+    "find_splits": "eval_clips",
+    "pack_videos": "shard_writer",
+    "write_synthetic_dataset": "synthetic",
+    "CLASS_NAMES": "synthetic",
+}
+
+__all__ = [
+    "BatchStream",
+    "CLASS_NAMES",
+    "DataConfig",
+    "EvalClipSpec",
+    "EvalVideo",
+    "MaskBatch",
+    "MaskGenerator",
+    "MaskSpec",
+    "SourceConfig",
+    "VideoBatch",
+    "build_loader",
+    "build_train_stream",
+    "default_mask_specs",
+    "find_splits",
+    "iter_eval_videos",
+    "normalize",
+    "pack_videos",
+    "write_synthetic_dataset",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'data_pipelines' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"data_pipelines.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

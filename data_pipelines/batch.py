@@ -10,9 +10,12 @@ are real.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+__all__ = ["MaskBatch", "MaskFn", "VideoBatch", "pad_index_lists"]
 
 
 @dataclass
@@ -46,6 +49,9 @@ class MaskBatch:
     def sample(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The i-th sample's (context, target) index tensors without padding."""
         return self.context_idx[i][self.context_valid[i]], self.target_idx[i][self.target_valid[i]]
+
+
+MaskFn = Callable[..., list[MaskBatch]]  # mask_generator(batch_size, *, worker: int, step: int)
 
 
 def pad_index_lists(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,11 +27,11 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from data_pipelines.bad_samples import BadSampleError, SkipStats, TooManyBadSamplesError
-from data_pipelines.batch import MaskBatch, VideoBatch
+from data_pipelines.batch import MaskFn, VideoBatch
 from data_pipelines.config import DataConfig
-from data_pipelines.decode import IndexPicker, VideoDecoder
+from data_pipelines.decode import DecodedVideo, IndexPicker, VideoDecoder
 from data_pipelines.plan import EpochPlan
-from data_pipelines.sampling import clip_indices, union_indices
+from data_pipelines.sampling import clip_indices
 from data_pipelines.sources import SampleEntry, SampleReader, Source, Unit
 from data_pipelines.transforms import augment_clip
 
@@ -39,7 +39,6 @@ __all__ = ["BatchInfo", "ClipDataset", "MaskFn", "Position"]
 
 log = logging.getLogger(__name__)
 
-MaskFn = Callable[..., list[MaskBatch]]  # mask_generator(batch_size, *, worker: int, step: int)
 T = TypeVar("T")
 
 
@@ -68,8 +67,7 @@ class _Fetch:
     entry: SampleEntry
     rng: np.random.Generator
     label: int = -1
-    wait: Callable[[], np.ndarray] | None = None  # -> frames [K, H, W, 3]
-    gather: list[np.ndarray] = field(default_factory=list)  # [C, T] positions into the frames, once decoded
+    wait: Callable[[], DecodedVideo] | None = None  # -> frames [C, T, H, W, 3] at clip indices [C, T]
     error: str = ""  # a message, not the exception: a stored exception would hold this object in a cycle
 
 
@@ -184,16 +182,16 @@ class ClipDataset(IterableDataset):
         try:
             raw = reader.read(unit, entry)
             fetch.label = raw.label
-            fetch.wait = decoder.submit(raw.data, self._picker(rng, fetch.gather))
+            fetch.wait = decoder.submit(raw.data, self._picker(rng))
         except BadSampleError as err:
             fetch.error = str(err)
         return fetch
 
-    def _picker(self, rng: np.random.Generator, gather: list[np.ndarray]) -> IndexPicker:
+    def _picker(self, rng: np.random.Generator) -> IndexPicker:
         c = self.cfg
 
         def pick(num_frames: int, video_fps: float) -> np.ndarray:
-            indices = clip_indices(
+            return clip_indices(
                 num_frames,
                 video_fps,
                 frames=c.frames_per_clip,
@@ -203,9 +201,6 @@ class ClipDataset(IterableDataset):
                 pad=c.pad_short,
                 rng=rng,
             )  # [C, T]
-            unique, positions = union_indices(indices)
-            gather.append(positions)
-            return unique
 
         return pick
 
@@ -213,21 +208,20 @@ class ClipDataset(IterableDataset):
         """The sample's C augmented clips [3, T, S, S] uint8; BadSampleError if it cannot be used."""
         if fetch.wait is None:
             raise BadSampleError(fetch.error)
-        frames = fetch.wait()  # [K, H, W, 3] uint8
+        clips = fetch.wait().frames  # [C, T, H, W, 3] uint8
         c = self.cfg
+        # drawn after the decode: `pick` draws the clip starts from the same generator first
         generator = torch.Generator().manual_seed(int(fetch.rng.integers(2**62)))
-        rows = fetch.gather[0]  # [C, T]
-        single = rows.shape[0] == 1 and np.array_equal(rows[0], np.arange(len(frames)))
         return [
             augment_clip(
-                frames if single else frames[row],
+                frames,
                 size=c.crop_size,
                 scale=c.crop_scale,
                 aspect=c.crop_aspect,
                 hflip=c.hflip,
                 generator=generator,
             )
-            for row in rows
+            for frames in clips
         ]
 
     def _make_batch(

@@ -1,9 +1,13 @@
 """Decoding chosen frames of a video held in memory: decord (fast seeks), PyAV as the fallback.
 
-Shape legend: K frames asked for, H/W pixels; frames come back as [K, H, W, 3] uint8 RGB.
+Shape legend: I the shape of the picked indices (e.g. C clips x T frames), K distinct frames among them,
+H/W pixels; frames come back as [*I, H, W, 3] uint8 RGB.
 
-The caller passes `pick(num_frames, fps) -> indices` (sorted, may repeat) because which frames to read
-depends on the video's length and rate, known only once it is open.
+The caller passes `pick(num_frames, fps) -> indices` because which frames to read depends on the video's
+length and rate, known only once it is open. The indices may have any shape and repeat: the decoder reads
+their sorted union once (seeks only move forward) and hands back a `DecodedVideo` holding the frames at
+exactly those indices, together with the indices. Everything the caller needs comes back as the decode's
+return value; nothing is passed back through state that `pick` mutates on the decode thread.
 
 Time bound: decord can hang on damaged files, inside C code, so each decode runs through a
 `timeout.TimeoutRunner` (a long-lived helper thread, waited on with a timeout; see there why not a signal
@@ -15,23 +19,42 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from data_pipelines.bad_samples import BadSampleError, DecodeTimeoutError
+from data_pipelines.sampling import union_indices
 from data_pipelines.timeout import CallTimedOut, TimeoutRunner
 
 if TYPE_CHECKING:
     from av.container import InputContainer
     from av.video.stream import VideoStream
 
-__all__ = ["IndexPicker", "VideoDecoder", "decode_decord", "decode_pyav", "resolve_decoder"]
+__all__ = [
+    "DecodedVideo",
+    "IndexPicker",
+    "VideoDecoder",
+    "decode_decord",
+    "decode_pyav",
+    "resolve_decoder",
+]
 
 log = logging.getLogger(__name__)
 
-IndexPicker = Callable[[int, float], np.ndarray]  # (num_frames, fps) -> [K] sorted frame indices
+IndexPicker = Callable[[int, float], np.ndarray]  # (num_frames, fps) -> [*I] frame indices
 MAX_ABANDONED_THREADS = 4
+
+
+@dataclass(frozen=True)
+class DecodedVideo:
+    """The frames a decode produced: `frames[i]` is source frame `indices[i]` for every index position i."""
+
+    frames: np.ndarray  # [*I, H, W, 3] uint8 RGB
+    indices: np.ndarray  # [*I] int64, as `pick` returned them
+    num_frames: int  # the video's frame count, as the decoder reported it
+    fps: float  # its average frame rate
 
 
 def resolve_decoder(name: str) -> str:
@@ -54,15 +77,23 @@ def resolve_decoder(name: str) -> str:
 
 def _checked(indices: np.ndarray, num_frames: int) -> np.ndarray:
     indices = np.asarray(indices, dtype=np.int64)
-    if indices.ndim != 1 or indices.size == 0:
-        raise ValueError(f"pick must return a non-empty 1-D index array, got shape {indices.shape}")
-    if indices.min() < 0 or indices.max() >= num_frames or np.any(np.diff(indices) < 0):
-        raise ValueError(f"frame indices must be sorted and in [0, {num_frames}), got {indices.tolist()}")
+    if indices.ndim < 1 or indices.size == 0:
+        raise ValueError(f"pick must return a non-empty index array, got shape {indices.shape}")
+    if indices.min() < 0 or indices.max() >= num_frames:
+        raise ValueError(f"frame indices must be in [0, {num_frames}), got {indices.tolist()}")
     return indices
 
 
-def decode_decord(data: bytes, pick: IndexPicker) -> np.ndarray:
-    """[K, H, W, 3] uint8 frames at the picked indices, decoded by decord from the bytes."""
+def _gather(unique_frames: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Frames [K, H, W, 3] of the distinct indices -> [*I, H, W, 3] at `positions` [*I] into them; a view
+    (no copy) when every distinct frame is used once, in order."""
+    if positions.size == len(unique_frames) and np.array_equal(positions.ravel(), np.arange(positions.size)):
+        return unique_frames.reshape(*positions.shape, *unique_frames.shape[1:])
+    return unique_frames[positions]
+
+
+def decode_decord(data: bytes, pick: IndexPicker) -> DecodedVideo:
+    """The frames at the picked indices, decoded by decord from the bytes."""
     import decord
 
     # decord reports bad input as DECORDError, or RuntimeError (no handle), AssertionError (no frames),
@@ -75,10 +106,10 @@ def decode_decord(data: bytes, pick: IndexPicker) -> np.ndarray:
             num_frames, fps = len(reader), float(reader.get_avg_fps())
         except failures as err:
             raise BadSampleError(f"decord cannot open the video: {_first_line(err)}") from err
-        indices = _checked(pick(num_frames, fps), num_frames)
-        unique, inverse = np.unique(indices, return_inverse=True)
+        indices = _checked(pick(num_frames, fps), num_frames)  # [*I]
+        unique, positions = union_indices(indices)  # [K], [*I]
         try:
-            frames = reader.get_batch(unique.tolist()).asnumpy()  # [K', H, W, 3], K' distinct frames
+            frames = reader.get_batch(unique.tolist()).asnumpy()  # [K, H, W, 3]
             reader.seek(0)  # works around decord's memory growth after get_batch
         except failures as err:
             if "DECORDArrayCopyFromTo" in str(err):  # decord bug on some frame widths (16, 24, 48, 72, ...)
@@ -86,7 +117,7 @@ def decode_decord(data: bytes, pick: IndexPicker) -> np.ndarray:
                     f"decord cannot copy out frames of this size: {_first_line(err)}"
                 ) from err
             raise BadSampleError(f"decord failed to decode frames: {_first_line(err)}") from err
-        return frames if len(unique) == len(indices) else frames[inverse]
+        return DecodedVideo(_gather(frames, positions), indices, num_frames, fps)
     finally:
         # Free decord's handle now, in this process. A reader left to the cyclic garbage collector can be
         # collected in a forked DataLoader worker, where freeing it joins a thread that does not exist
@@ -102,7 +133,7 @@ class DecordLayoutError(BadSampleError):
     """decord opened the video but cannot hand out its frames (a padded-row copy bug for some widths)."""
 
 
-def decode_decord_or_pyav(data: bytes, pick: IndexPicker) -> np.ndarray:
+def decode_decord_or_pyav(data: bytes, pick: IndexPicker) -> DecodedVideo:
     """decord, and PyAV for the videos whose frame size decord cannot copy out (logged)."""
     try:
         return decode_decord(data, pick)
@@ -119,9 +150,9 @@ def _pyav_frame_count(stream: VideoStream, container: InputContainer) -> int:
     return int(round(float(duration) * float(rate))) if duration and rate else 0
 
 
-def decode_pyav(data: bytes, pick: IndexPicker) -> np.ndarray:
-    """[K, H, W, 3] uint8 frames at the picked indices, decoded by PyAV (seeks to the keyframe before the
-    first one, then decodes forward; frame index = round((pts - start) * time_base * fps))."""
+def decode_pyav(data: bytes, pick: IndexPicker) -> DecodedVideo:
+    """The frames at the picked indices, decoded by PyAV (seeks to the keyframe before the first one, then
+    decodes forward; frame index = round((pts - start) * time_base * fps))."""
     import av
 
     if not data:
@@ -136,18 +167,20 @@ def decode_pyav(data: bytes, pick: IndexPicker) -> np.ndarray:
             num_frames = _pyav_frame_count(stream, container)
             if num_frames < 1 or fps <= 0:
                 raise BadSampleError(f"cannot tell the frame count/rate (frames={num_frames}, fps={fps})")
-            indices = _checked(pick(num_frames, fps), num_frames)
-            return _pyav_read(container, stream, indices, fps)
+            indices = _checked(pick(num_frames, fps), num_frames)  # [*I]
+            unique, positions = union_indices(indices)  # [K], [*I]
+            frames = _pyav_read(container, stream, unique, fps)  # [K, H, W, 3]
+            return DecodedVideo(_gather(frames, positions), indices, num_frames, fps)
     except av.FFmpegError as err:
         raise BadSampleError(f"PyAV cannot decode the video: {err}") from err
 
 
-def _pyav_read(container: InputContainer, stream: VideoStream, indices: np.ndarray, fps: float) -> np.ndarray:
+def _pyav_read(container: InputContainer, stream: VideoStream, wanted: np.ndarray, fps: float) -> np.ndarray:
+    """Frames [K, H, W, 3] at the sorted distinct indices `wanted` [K]."""
     start_pts = stream.start_time or 0
     tb = float(stream.time_base)
-    if indices[0] > 0:
-        container.seek(start_pts + int(indices[0] / fps / tb), stream=stream, backward=True)
-    wanted = np.unique(indices)
+    if wanted[0] > 0:
+        container.seek(start_pts + int(wanted[0] / fps / tb), stream=stream, backward=True)
     got: dict[int, np.ndarray] = {}
     for frame in container.decode(stream):
         index = round((frame.pts - start_pts) * tb * fps) if frame.pts is not None else -1
@@ -165,10 +198,10 @@ def _pyav_read(container: InputContainer, stream: VideoStream, indices: np.ndarr
         raise BadSampleError(f"no frame decoded at or after index {int(wanted[0])}")
     # indices past the last decodable frame (a frame count that overstated) repeat the last frame
     last = got[max(got)]
-    return np.stack([got.get(int(i), last) for i in indices])
+    return np.stack([got.get(int(i), last) for i in wanted])
 
 
-_BACKENDS: dict[str, Callable[[bytes, IndexPicker], np.ndarray]] = {
+_BACKENDS: dict[str, Callable[[bytes, IndexPicker], DecodedVideo]] = {
     "decord": decode_decord_or_pyav,
     "pyav": decode_pyav,
 }
@@ -188,9 +221,9 @@ class VideoDecoder:
         """Decodes that hung past the bound (their threads are stuck)."""
         return self._runner.abandoned
 
-    def submit(self, data: bytes, pick: IndexPicker) -> Callable[[], np.ndarray]:
-        """Queues the decode on the helper thread and returns a function that waits for the frames
-        [K, H, W, 3] uint8 (raising BadSampleError, or DecodeTimeoutError past the bound)."""
+    def submit(self, data: bytes, pick: IndexPicker) -> Callable[[], DecodedVideo]:
+        """Queues the decode on the helper thread and returns a function that waits for its result
+        (raising BadSampleError, or DecodeTimeoutError past the bound)."""
         if self.abandoned >= MAX_ABANDONED_THREADS:
             raise RuntimeError(
                 f"{self.abandoned} video decodes hung past data.decode_timeout_s={self.timeout_s}; "
@@ -199,18 +232,27 @@ class VideoDecoder:
         decode = _BACKENDS[self.backend]
         job = self._runner.submit(lambda: decode(data, pick))
 
-        def wait() -> np.ndarray:
+        def wait() -> DecodedVideo:
             try:
-                frames = self._runner.result(job, self.timeout_s)
+                video = self._runner.result(job, self.timeout_s)
             except CallTimedOut:
                 raise DecodeTimeoutError(
                     f"{self.backend} decode took longer than {self.timeout_s} s"
                 ) from None
-            if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-                raise BadSampleError(f"decoder returned frames of shape {frames.shape} {frames.dtype}")
-            return frames
+            frames = video.frames
+            if (
+                frames.shape[:-3] != video.indices.shape
+                or frames.ndim != video.indices.ndim + 3
+                or frames.shape[-1] != 3
+                or frames.dtype != np.uint8
+            ):
+                raise BadSampleError(
+                    f"decoder returned frames of shape {frames.shape} {frames.dtype} "
+                    f"for indices of shape {video.indices.shape}"
+                )
+            return video
 
         return wait
 
-    def __call__(self, data: bytes, pick: IndexPicker) -> np.ndarray:
+    def __call__(self, data: bytes, pick: IndexPicker) -> DecodedVideo:
         return self.submit(data, pick)()

@@ -6,6 +6,9 @@ The keyframe interval (`gop`) matters for training throughput: a random seek dec
 keyframe, so shards meant for clip sampling are re-encoded with a short, fixed interval. For libx264 the
 interval is pinned with `g` + `keyint_min` and scene-cut detection off, otherwise x264 inserts extra
 keyframes and may stretch the interval.
+
+PyAV is imported when a function first needs it, so that importing the shard writer or the synthetic data
+generator (for `vjepa --help`, say) does not load it.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
-import av
 import numpy as np
-from av.video.frame import PictureType
+
+if TYPE_CHECKING:
+    import av
 
 __all__ = ["encode_video", "probe_video", "reencode_video"]
 
@@ -58,6 +63,9 @@ def _encode_frames(
     threads: int,
 ) -> bytes:
     """Encode a stream of frames (any pixel format; converted to yuv420p) into a container in memory."""
+    import av
+    from av.video.frame import PictureType
+
     if width % 2 or height % 2:
         raise ValueError(f"yuv420p needs even frame sizes, got height={height} width={width}")
     rate = _rate(fps)
@@ -106,6 +114,8 @@ def encode_video(
         raise ValueError("frames has zero frames (T=0)")
     if h % 2 or w % 2:
         raise ValueError(f"frames need even height and width for yuv420p, got H={h} W={w}; crop or pad first")
+    import av
+
     rgb = np.ascontiguousarray(frames)
     return _encode_frames(
         (av.VideoFrame.from_ndarray(rgb[i], format="rgb24") for i in range(t)),
@@ -121,6 +131,8 @@ def encode_video(
 
 
 def _open(data: bytes) -> av.container.InputContainer:
+    import av
+
     if not data:
         raise ValueError("empty video data (0 bytes)")
     try:
@@ -143,6 +155,8 @@ def probe_video(data: bytes) -> dict:
 
     Raises ValueError with the reason when the data is empty, not a video, or fails to decode.
     """
+    import av
+
     container = _open(data)
     try:
         stream = container.streams.video[0]
@@ -209,6 +223,8 @@ def reencode_video(
     `fps` changes the frame rate by dropping/repeating frames (duration kept). Frames stream through one
     at a time, so long videos need no more memory than a frame.
     """
+    import av
+
     container = _open(data)
     try:
         stream = container.streams.video[0]

@@ -18,6 +18,7 @@ worker count may even change between save and restore.
 from __future__ import annotations
 
 import gc
+import signal
 from collections.abc import Iterator
 
 from torch.utils.data import DataLoader
@@ -36,9 +37,17 @@ def _as_is(item: tuple[VideoBatch, BatchInfo]) -> tuple[VideoBatch, BatchInfo]:
 
 
 def _freeze_inherited_objects(worker_id: int) -> None:
-    """Keeps a forked worker's garbage collector off the objects it inherited: freeing a parent's decoder
-    handle (decord joins its decode thread) in the child aborts the worker."""
+    """Set-up of a forked worker.
+
+    - Keeps the worker's garbage collector off the objects it inherited: freeing a parent's decoder handle
+      (decord joins its decode thread) in the child aborts the worker.
+    - Ignores the signals that ask training to stop (SIGUSR1, SIGTERM, SIGINT): SLURM signals every process
+      of a job step and a terminal's Ctrl-C reaches the whole process group, and a worker killed by one would
+      break the stream while the main process finishes its step and saves. Workers still exit when the main
+      process shuts them down or dies."""
     gc.freeze()
+    for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class VideoLoader:
@@ -118,6 +127,12 @@ class VideoLoader:
     def load_state_dict(self, state: dict) -> None:
         """Restores the position; the data, seed, world size and batch size must be those it was saved with
         (the worker count may differ: batches do not depend on it)."""
+        missing = sorted({"epoch", "batch", "step", "clips", "skips"} - set(state))
+        if missing or state.get("kind", "files") != "files":
+            raise ValueError(
+                f"data loader state: not a file loader's position (kind {state.get('kind')!r}, "
+                f"missing {missing}); the checkpoint was saved with another data.dataset"
+            )
         for key, have in (
             ("seed", self.dataset.seed),
             ("world_size", self.dataset.world_size),

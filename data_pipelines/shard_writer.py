@@ -21,12 +21,11 @@ from pathlib import Path
 from types import TracebackType
 
 from data_pipelines.encode import probe_video, reencode_video
+from data_pipelines.sources import list_videos, read_csv_list
 
-__all__ = ["VIDEO_EXTENSIONS", "ShardWriter", "list_videos", "pack_videos", "safe_key"]
+__all__ = ["ShardWriter", "pack_videos", "safe_key"]
 
 log = logging.getLogger(__name__)
-
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 
 _KEY_OK = re.compile(r"^[A-Za-z0-9_-]+$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -156,41 +155,6 @@ class ShardWriter:
             self._tar, self._tmp = None, None
 
 
-def _read_csv(csv_path: Path) -> list[tuple[Path, int]]:
-    """`path label` lines, space-separated, no header; label = last token (paths may contain spaces)."""
-    items = []
-    for lineno, line in enumerate(csv_path.read_text().splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.rsplit(maxsplit=1)
-        if len(parts) != 2:
-            raise ValueError(f"{csv_path}:{lineno}: expected 'path label', got {line!r}")
-        try:
-            label = int(parts[1])
-        except ValueError:
-            raise ValueError(f"{csv_path}:{lineno}: label must be an integer, got {parts[1]!r}") from None
-        path = Path(parts[0])
-        items.append((path if path.is_absolute() else csv_path.parent / path, label))
-    return items
-
-
-def list_videos(folder: str | Path) -> tuple[list[tuple[Path, int]], list[str]]:
-    """Videos under `folder` (recursive, sorted) with labels and label names.
-
-    When every video sits inside a subfolder, the top-level subfolder names (sorted) are the classes and a
-    video's label is its class index; otherwise every label is -1 and there are no names.
-    """
-    root = Path(folder)
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
-    rel = [p.relative_to(root) for p in paths]
-    if rel and all(len(r.parts) >= 2 for r in rel):
-        names = sorted({r.parts[0] for r in rel})
-        index = {name: i for i, name in enumerate(names)}
-        return [(p, index[r.parts[0]]) for p, r in zip(paths, rel)], names
-    return [(p, -1) for p in paths], []
-
-
 def _prepare(job: tuple[int, str, bool, int, int | None, int]) -> tuple[int, bytes | None, dict | str]:
     """Worker: read, validate (one full decode) and optionally re-encode one video.
 
@@ -237,7 +201,7 @@ def pack_videos(
     if src.is_dir():
         items, names = list_videos(src)
     elif src.is_file():
-        items, names = _read_csv(src), []
+        items, names = read_csv_list(src), []
     else:
         raise ValueError(f"input {str(src)!r} is neither a CSV file nor a folder")
     ext_of = {i: (p.suffix.lower().lstrip(".") or "mp4") for i, (p, _) in enumerate(items)}

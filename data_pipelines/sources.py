@@ -1,5 +1,8 @@
 """Where samples come from: tar shards, a CSV list or a folder of videos, enumerated into an index.
 
+This module is the one place that knows what a video file is called (`VIDEO_EXTENSIONS`) and how a CSV
+list and a folder of videos are read; the shard writer uses the same listing to pack them.
+
 Tar shards follow the webdataset layout: members grouped by key (the path up to the first dot of the base
 name), e.g. `KEY.mp4` + `KEY.json` (+ `KEY.cls`). Shards made by GNU `tar -cf` from a folder (`./KEY.mp4`,
 directory entries, members in directory order rather than grouped) read the same.
@@ -26,13 +29,25 @@ from typing import BinaryIO
 
 from data_pipelines.bad_samples import BadSampleError
 from data_pipelines.config import SourceConfig
-from data_pipelines.shard_writer import VIDEO_EXTENSIONS, _read_csv, list_videos
 
-__all__ = ["Member", "RawSample", "SampleEntry", "SampleReader", "Source", "Unit", "load_sources"]
+__all__ = [
+    "VIDEO_EXTENSIONS",
+    "Member",
+    "RawSample",
+    "SampleEntry",
+    "SampleReader",
+    "Source",
+    "Unit",
+    "list_videos",
+    "load_sources",
+    "read_csv_list",
+]
 
 log = logging.getLogger(__name__)
 
-_VIDEO_EXTS = {ext.lstrip(".") for ext in VIDEO_EXTENSIONS} | {"m4v", "mpg", "mpeg", "ogv"}
+# what a video file or a tar member holding a video may end with (lower case)
+VIDEO_EXTENSIONS = (".avi", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ogv", ".webm")
+_VIDEO_EXTS = {ext.lstrip(".") for ext in VIDEO_EXTENSIONS}
 _MEMBER_NAME = re.compile(r"^((?:.*/|)[^./][^.]*)\.([^/]+)$")  # webdataset's key.ext split
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _GLOB_CHARS = set("*?[")
@@ -87,6 +102,42 @@ class RawSample:
 
 
 # ----------------------------------------------------------------------------- enumerating sources
+
+
+def read_csv_list(csv_path: Path) -> list[tuple[Path, int]]:
+    """`path label` lines, space-separated, no header; label = last token (paths may contain spaces);
+    relative paths are relative to the CSV's folder."""
+    items = []
+    for lineno, line in enumerate(csv_path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2:
+            raise ValueError(f"{csv_path}:{lineno}: expected 'path label', got {line!r}")
+        try:
+            label = int(parts[1])
+        except ValueError:
+            raise ValueError(f"{csv_path}:{lineno}: label must be an integer, got {parts[1]!r}") from None
+        path = Path(parts[0])
+        items.append((path if path.is_absolute() else csv_path.parent / path, label))
+    return items
+
+
+def list_videos(folder: str | Path) -> tuple[list[tuple[Path, int]], list[str]]:
+    """Videos under `folder` (recursive, sorted) with labels and label names.
+
+    When every video sits inside a subfolder, the top-level subfolder names (sorted) are the classes and a
+    video's label is its class index; otherwise every label is -1 and there are no names.
+    """
+    root = Path(folder)
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    rel = [p.relative_to(root) for p in paths]
+    if rel and all(len(r.parts) >= 2 for r in rel):
+        names = sorted({r.parts[0] for r in rel})
+        index = {name: i for i, name in enumerate(names)}
+        return [(p, index[r.parts[0]]) for p, r in zip(paths, rel)], names
+    return [(p, -1) for p in paths], []
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -203,7 +254,7 @@ def load_source(cfg: SourceConfig, key: str) -> Source:
     elif kind == "csv":
         if not os.path.isfile(cfg.path):
             raise ValueError(f"{key}.path: CSV list {cfg.path!r} does not exist")
-        units = _file_units(_read_csv(Path(cfg.path)), cfg.path, None)
+        units = _file_units(read_csv_list(Path(cfg.path)), cfg.path, None)
     else:
         if not os.path.isdir(cfg.path):
             raise ValueError(f"{key}.path: folder {cfg.path!r} does not exist")

@@ -1,10 +1,14 @@
-"""Clip augmentation on uint8 tensors, and the normalisation the trainer applies on its device.
+"""Cropping clips on uint8 tensors (training augmentation and evaluation views), and the normalisation
+the trainer applies on its device.
 
-Shape legend: T frames, C = 3 channels, H/W input pixels, S = crop_size output pixels, B batch.
+Shape legend: T frames, C = 3 channels, H/W input pixels, S output pixels (crop_size), V views, B batch.
 
-One random resized crop (area fraction and aspect ratio drawn once) and one flip decision per clip, so
-every frame of a clip sees the same geometry. Clips stay uint8 until `normalize`, which the training step
-runs on its device: 4x fewer bytes through the worker queues and the host-to-device copy.
+Both paths cut clips with `crop_clip`; they differ only in where the box lies. Training: one random
+resized crop (area fraction and aspect ratio drawn once, `crop_box`) and one flip decision per clip, so
+every frame of a clip sees the same geometry. Evaluation (`spatial_views`): no randomness; the short side
+is resized to S, then S x S boxes at the centre (V = 1) or at the start, middle and end of the long side
+(V = 3). Clips stay uint8 until `normalize`, which the training step runs on its device: 4x fewer bytes
+through the worker queues and the host-to-device copy.
 """
 
 from __future__ import annotations
@@ -16,7 +20,18 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "augment_clip", "crop_box", "normalize"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "augment_clip",
+    "crop_box",
+    "crop_clip",
+    "normalize",
+    "spatial_views",
+    "view_boxes",
+]
+
+Box = tuple[int, int, int, int]  # (top, left, height, width) in pixels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,7 +49,7 @@ def crop_box(
     aspect: tuple[float, float],
     generator: torch.Generator,
     attempts: int = 10,
-) -> tuple[int, int, int, int]:
+) -> Box:
     """(top, left, h, w) of a crop covering a `scale` fraction of the frame with width/height in `aspect`
     (log-uniform); after `attempts` misses, the largest centred crop with the aspect clamped to the range."""
     area = height * width
@@ -54,6 +69,36 @@ def crop_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def view_boxes(height: int, width: int, *, crop: int, views: int) -> list[Box]:
+    """The `crop` x `crop` boxes of the evaluation views of a frame whose short side is `crop`: the centre
+    (views = 1), or the start, middle and end of the long side (views = 3)."""
+    long_side = max(height, width)
+    offsets = [(long_side - crop) // 2] if views == 1 else [0, (long_side - crop) // 2, long_side - crop]
+    if height >= width:
+        return [(offset, (width - crop) // 2, crop, crop) for offset in offsets]
+    return [((height - crop) // 2, offset, crop, crop) for offset in offsets]
+
+
+def _frames_tchw(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Frames [T, H, W, 3] uint8 -> a [T, 3, H, W] view; ValueError for anything else."""
+    video = torch.as_tensor(frames)
+    if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != torch.uint8:
+        raise ValueError(f"frames must be [T, H, W, 3] uint8, got {tuple(video.shape)} {video.dtype}")
+    return video.permute(0, 3, 1, 2)
+
+
+def crop_clip(video_tchw: torch.Tensor, box: Box, *, size: int, flip: bool = False) -> torch.Tensor:
+    """Frames [T, 3, H, W] -> clip [3, T, S, S]: the `box` of every frame resized to S x S (antialiased
+    bilinear; a plain cut when the box is S x S already), mirrored left-right when `flip`."""
+    top, left, h, w = box
+    crop_tchw = TF.resized_crop(
+        video_tchw, top, left, h, w, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True
+    )  # [T, 3, S, S] uint8
+    if flip:
+        crop_tchw = crop_tchw.flip(-1)
+    return crop_tchw.permute(1, 0, 2, 3)  # [3, T, S, S], a view: stacking the batch makes the copy
+
+
 def augment_clip(
     frames: np.ndarray | torch.Tensor,
     *,
@@ -64,19 +109,25 @@ def augment_clip(
     generator: torch.Generator,
 ) -> torch.Tensor:
     """Frames [T, H, W, 3] uint8 -> clip [3, T, S, S] uint8, one random resized crop and flip for all."""
-    video = torch.as_tensor(frames)
-    if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != torch.uint8:
-        raise ValueError(f"frames must be [T, H, W, 3] uint8, got {tuple(video.shape)} {video.dtype}")
-    _, height, width, _ = video.shape
-    top, left, h, w = crop_box(height, width, scale=scale, aspect=aspect, generator=generator)
+    video_tchw = _frames_tchw(frames)
+    height, width = video_tchw.shape[-2:]
+    box = crop_box(height, width, scale=scale, aspect=aspect, generator=generator)
     flip = float(torch.rand((), generator=generator)) < hflip
-    video_tchw = video.permute(0, 3, 1, 2)  # [T, 3, H, W] view
-    crop_tchw = TF.resized_crop(
-        video_tchw, top, left, h, w, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True
-    )  # [T, 3, S, S] uint8
-    if flip:
-        crop_tchw = crop_tchw.flip(-1)
-    return crop_tchw.permute(1, 0, 2, 3)  # [3, T, S, S], a view: stacking the batch makes the copy
+    return crop_clip(video_tchw, box, size=size, flip=flip)
+
+
+def spatial_views(frames: np.ndarray | torch.Tensor, *, crop: int, views: int) -> torch.Tensor:
+    """Frames [T, H, W, 3] uint8 -> [V, 3, T, c, c] uint8 evaluation views (c = `crop`): short side resized
+    to c, then a centre crop (V = 1) or crops at the start, middle and end of the long side (V = 3)."""
+    video_tchw = _frames_tchw(frames)
+    height, width = video_tchw.shape[-2:]
+    if min(height, width) != crop:
+        scale = crop / min(height, width)
+        size = [max(crop, round(height * scale)), max(crop, round(width * scale))]
+        video_tchw = TF.resize(video_tchw, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+        height, width = size
+    boxes = view_boxes(height, width, crop=crop, views=views)
+    return torch.stack([crop_clip(video_tchw, box, size=crop) for box in boxes])  # [V, 3, T, c, c]
 
 
 def normalize(clips: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Decoding, frame sampling and clip augmentation on tiny real videos."""
+"""Decoding, frame sampling (training clips and evaluation segments) and cropping (training augmentation
+and evaluation views) on tiny real videos."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from data_pipelines.bad_samples import BadSampleError, DecodeTimeoutError
 from data_pipelines.decode import VideoDecoder, decode_decord, decode_pyav
 from data_pipelines.encode import encode_video
 from data_pipelines.sampling import clip_indices, union_indices
-from data_pipelines.transforms import augment_clip, crop_box, normalize
+from data_pipelines.transforms import augment_clip, crop_box, normalize, spatial_views
 
 
 @pytest.mark.parametrize("backend", [decode_decord, decode_pyav])
@@ -26,8 +27,10 @@ def test_decoders_return_the_picked_frames(numbered_mp4: bytes, backend, indices
         seen.append((num_frames, fps))
         return np.array(indices)
 
-    frames = backend(numbered_mp4, pick)
+    video = backend(numbered_mp4, pick)
+    frames = video.frames
     assert frames.shape == (len(indices), 32, 32, 3) and frames.dtype == np.uint8
+    assert video.indices.tolist() == indices and video.num_frames == FRAMES
     assert frame_numbers(frames).tolist() == indices
     assert seen == [(FRAMES, pytest.approx(24.0))]
 
@@ -36,16 +39,16 @@ def test_pyav_matches_decord(numbered_mp4: bytes) -> None:
     rng = np.random.default_rng(0)
     for _ in range(4):
         indices = np.sort(rng.choice(FRAMES, size=6, replace=False))
-        a = decode_decord(numbered_mp4, lambda n, fps, i=indices: i).astype(np.int16)
-        b = decode_pyav(numbered_mp4, lambda n, fps, i=indices: i).astype(np.int16)
+        a = decode_decord(numbered_mp4, lambda n, fps, i=indices: i).frames.astype(np.int16)
+        b = decode_pyav(numbered_mp4, lambda n, fps, i=indices: i).frames.astype(np.int16)
         assert np.abs(a - b).max() <= 2
 
 
 @pytest.mark.parametrize("degrees", [90, 180, 270])
 def test_rotated_videos_come_out_upright_from_both_decoders(degrees: int) -> None:
     data = rotated_mp4(degrees)
-    a = decode_decord(data, lambda n, fps: np.arange(2)).astype(np.int16)
-    b = decode_pyav(data, lambda n, fps: np.arange(2)).astype(np.int16)
+    a = decode_decord(data, lambda n, fps: np.arange(2)).frames.astype(np.int16)
+    b = decode_pyav(data, lambda n, fps: np.arange(2)).frames.astype(np.int16)
     assert a.shape == b.shape == ((2, 64, 32, 3) if degrees % 180 else (2, 32, 64, 3))
     assert np.abs(a - b).mean() < 4
 
@@ -54,7 +57,7 @@ def test_decord_width_bug_falls_back_to_pyav() -> None:
     data = encode_video(numbered_frames(8, height=32, width=48))  # decord cannot copy out width 48
     with pytest.raises(decode.DecordLayoutError):
         decode_decord(data, lambda n, fps: np.arange(4))
-    frames = VideoDecoder("decord", timeout_s=10)(data, lambda n, fps: np.arange(4))
+    frames = VideoDecoder("decord", timeout_s=10)(data, lambda n, fps: np.arange(4)).frames
     assert frames.shape == (4, 32, 48, 3) and frame_numbers(frames).tolist() == [0, 1, 2, 3]
 
 
@@ -74,8 +77,24 @@ def test_undecodable_bytes_raise_bad_sample(numbered_mp4: bytes, backend: str) -
             pytest.fail(f"{name} decoded")
 
 
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_clip_shaped_picks_come_back_as_clips(numbered_mp4: bytes, backend: str) -> None:
+    """A [C, T] pick (overlapping, repeating) is decoded once and returned as [C, T, H, W, 3] frames."""
+    clips = np.array([[2, 4, 6, 8], [6, 8, 23, 23]])
+    calls: list[tuple[int, float]] = []
+
+    def pick(num_frames: int, fps: float) -> np.ndarray:
+        calls.append((num_frames, fps))
+        return clips
+
+    video = VideoDecoder(backend, timeout_s=10)(numbered_mp4, pick)
+    assert video.frames.shape == (2, 4, 32, 32, 3) and video.indices.tolist() == clips.tolist()
+    assert frame_numbers(video.frames).tolist() == clips.tolist()
+    assert len(calls) == 1 and video.num_frames == FRAMES and video.fps == pytest.approx(24.0)
+
+
 def test_decode_time_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    def hang(data: bytes, pick: object) -> np.ndarray:
+    def hang(data: bytes, pick: object) -> decode.DecodedVideo:
         time.sleep(30)
         raise AssertionError("unreachable")
 
@@ -112,6 +131,32 @@ def test_short_video_is_padded_or_rejected() -> None:
     assert _sample(5).tolist() == [[0, 3, 4, 4]]  # needs 10 frames; last one repeated
     with pytest.raises(BadSampleError, match="pad_short"):
         _sample(5, pad=False)
+
+
+def segment_indices(num_frames: int, *, frames: int, frame_step: int, segments: int) -> np.ndarray:
+    """The evaluation clips: `clip_indices` without a generator takes the middle of each part."""
+    args = dict(frames=frames, frame_step=frame_step, fps=None, num_clips=segments, pad=True, rng=None)
+    return clip_indices(num_frames, 0.0, **args)
+
+
+def test_segment_indices_are_centred_and_pad_short_videos():
+    one = segment_indices(20, frames=4, frame_step=2, segments=1)  # span 7, slack 13 -> start 6
+    np.testing.assert_array_equal(one, [[6, 8, 10, 12]])
+    two = segment_indices(20, frames=4, frame_step=2, segments=2)  # starts floor(3.25), floor(9.75)
+    np.testing.assert_array_equal(two, [[3, 5, 7, 9], [9, 11, 13, 15]])
+    np.testing.assert_array_equal(segment_indices(3, frames=4, frame_step=2, segments=1), [[0, 2, 2, 2]])
+
+
+def test_spatial_views_cover_the_long_side():
+    frames = torch.arange(2 * 32 * 64 * 3, dtype=torch.int64).remainder(251).to(torch.uint8)
+    frames = frames.view(2, 32, 64, 3)  # [T, H, W, 3], wide
+    three = spatial_views(frames, crop=32, views=3)
+    assert three.shape == (3, 3, 2, 32, 32)
+    for view, left in zip(three, (0, 16, 32)):
+        assert torch.equal(view, frames[:, :, left : left + 32].permute(3, 0, 1, 2))
+    center = spatial_views(frames.transpose(1, 2).contiguous(), crop=32, views=1)  # tall: crop in height
+    assert torch.equal(center[0], frames.transpose(1, 2)[:, 16:48].permute(3, 0, 1, 2))
+    assert spatial_views(frames, crop=16, views=1).shape == (1, 3, 2, 16, 16)  # resized, then cropped
 
 
 def test_crop_box_respects_scale_and_aspect() -> None:

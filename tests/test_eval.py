@@ -7,16 +7,15 @@ import json
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
+from data_pipelines import EvalClipSpec, iter_eval_videos
 from data_pipelines.synthetic import write_synthetic_dataset
 from vjepa.cli import main
 from vjepa.config import load_config
 from vjepa.distributed.export import export_checkpoint
 from vjepa.eval.baselines import PixelTokens, run_probe_suite, single_frame
-from vjepa.eval.data import EvalClipSpec, iter_eval_videos, segment_indices, spatial_views
 from vjepa.eval.evaluate import ProbeConfig, multiview_predict, train_probe
 from vjepa.eval.extract import (
     FeatureSet,
@@ -86,29 +85,6 @@ def planted(videos: int, *, classes: int = 4, views: int = 2, tokens: int = 4, d
     x = torch.randn(videos, views, tokens, dim, generator=gen)
     x[torch.arange(videos), :, :, labels] += 2.0
     return FeatureSet(x.half(), labels, [f"v{i}" for i in range(videos)], {"num_classes": classes})
-
-
-# ----------------------------------------------------------------------------- eval clips
-
-
-def test_segment_indices_are_centred_and_pad_short_videos():
-    one = segment_indices(20, frames=4, frame_step=2, segments=1)  # span 7, slack 13 -> start 6
-    np.testing.assert_array_equal(one, [[6, 8, 10, 12]])
-    two = segment_indices(20, frames=4, frame_step=2, segments=2)  # starts floor(3.25), floor(9.75)
-    np.testing.assert_array_equal(two, [[3, 5, 7, 9], [9, 11, 13, 15]])
-    np.testing.assert_array_equal(segment_indices(3, frames=4, frame_step=2, segments=1), [[0, 2, 2, 2]])
-
-
-def test_spatial_views_cover_the_long_side():
-    frames = torch.arange(2 * 32 * 64 * 3, dtype=torch.int64).remainder(251).to(torch.uint8)
-    frames = frames.view(2, 32, 64, 3)  # [T, H, W, 3], wide
-    three = spatial_views(frames, crop=32, views=3)
-    assert three.shape == (3, 3, 2, 32, 32)
-    for view, left in zip(three, (0, 16, 32)):
-        assert torch.equal(view, frames[:, :, left : left + 32].permute(3, 0, 1, 2))
-    center = spatial_views(frames.transpose(1, 2).contiguous(), crop=32, views=1)  # tall: crop in height
-    assert torch.equal(center[0], frames.transpose(1, 2)[:, 16:48].permute(3, 0, 1, 2))
-    assert spatial_views(frames, crop=16, views=1).shape == (1, 3, 2, 16, 16)  # resized, then cropped
 
 
 # ----------------------------------------------------------------------------- extraction

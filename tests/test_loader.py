@@ -54,6 +54,21 @@ def test_several_clips_per_video_are_consecutive_rows(shard_dir: Path, data_conf
     assert numbers[0, 0] <= numbers[1, 0] and numbers[2, 0] <= numbers[3, 0]
 
 
+def test_several_clips_from_a_video_decord_hands_to_pyav(tmp_path: Path, data_config) -> None:
+    """Width 48 makes decord give up after picking; PyAV picks again. The clips must be cut from the
+    frames PyAV decoded (a bug once gathered them with the positions of decord's pick)."""
+    with ShardWriter(tmp_path, shard_size=8) as writer:
+        for i in range(4):
+            writer.write(f"w{i}", encode_video(numbered_frames(28, height=32, width=48)), meta={"label": 0})
+    cfg = data_config(tmp_path, num_clips=2, frame_step=3, crop_scale=(1.0, 1.0), crop_aspect=(1.5, 1.5))
+    batches = list(build_loader(cfg, mask_generator=None, seed=0))
+    assert len(batches) == 2 and all(b.clips.shape == (4, 3, 4, 16, 16) for b in batches)
+    for batch in batches:
+        numbers = frame_numbers(batch.clips.permute(0, 2, 3, 4, 1).numpy())  # [B, T]
+        assert np.all(np.diff(numbers, axis=1) == 3) and numbers.max() < 28
+        assert numbers[0, 0] <= numbers[1, 0] and numbers[2, 0] <= numbers[3, 0]
+
+
 def test_ranks_and_workers_split_each_epoch_exactly(shard_dir: Path, data_config) -> None:
     for pattern, batch_size in (("shard-*.tar", 4), ("shard-000000.tar", 2)):  # 4 shards; 1 shard < 4 slots
         per_rank = []

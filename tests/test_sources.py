@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,17 @@ def test_source_weights_scale_an_epoch(shard_dir: Path) -> None:
         assert sum(s.endswith(("0.tar", "1.tar")) for s in shards) == 32
         chosen.add(next(s for s in shards if s.endswith(("2.tar", "3.tar"))))
     assert len(chosen) == 2  # the light source's half changes between epochs
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import data_pipelines.sources",
+        "import data_pipelines.shard_writer, data_pipelines.synthetic",
+        "import vjepa.cli; vjepa.cli.build_parser()",  # what `vjepa --help` runs
+    ],
+)
+def test_reading_sources_and_the_cli_do_not_load_pyav(code: str) -> None:
+    check = f"{code}\nimport sys\nassert 'av' not in sys.modules, 'PyAV was imported'"
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]

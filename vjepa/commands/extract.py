@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vjepa.eval.data import EvalClipSpec, find_splits
+    from data_pipelines import EvalClipSpec, find_splits
     from vjepa.eval.extract import (
         checkpoint_config,
         extract_split,

@@ -21,9 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from data_pipelines.transforms import normalize
+from data_pipelines import EvalClipSpec, EvalVideo, iter_eval_videos, normalize
 from vjepa.config import Config, from_dict
-from vjepa.eval.data import EvalClipSpec, EvalVideo, iter_eval_videos
 from vjepa.models.builder import build_encoder
 from vjepa.models.weights import LOAD_ERRORS, load_weights, read_torch_file
 from vjepa.utils import atomic_write

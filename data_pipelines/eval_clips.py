@@ -1,14 +1,15 @@
-"""Deterministic evaluation clips: each video gives S temporal segments x V spatial views, no augmentation.
+"""The evaluation clip reader: every video gives S temporal segments x V spatial views, no augmentation.
 
 Shape legend: S segments, V spatial views, T frames per clip, H/W pixels, c crop pixels.
 
-Segments cut the range of clip starts into S equal parts and take the clip at the middle of each (one
-centred clip when S = 1). Frames are resized so the short side is `crop`, then cropped to c x c: at the
-centre (V = 1) or at the start, middle and end of the long side (V = 3). A video's clips are ordered
-segment-major: clip s * V + v is segment s, view v.
+Which frames: `sampling.clip_indices` without a generator, the middle clip of each of S equal parts of the
+clip-start range (one centred clip when S = 1), short videos padded with their last frame. Which pixels:
+`transforms.spatial_views`, the short side resized to c, then c x c crops at the centre (V = 1) or at the
+start, middle and end of the long side (V = 3). A video's clips are ordered segment-major: clip s * V + v
+is segment s, view v.
 
-Samples come from `data_pipelines.sources` (tar shards, a CSV list or a folder of videos) and are decoded
-by `data_pipelines.decode`; a sample that cannot be read or decoded is skipped and logged with its key.
+Samples come from `sources` (tar shards, a CSV list or a folder of videos) and are decoded by `decode`; a
+sample that cannot be read or decoded is skipped and logged with its key.
 """
 
 from __future__ import annotations
@@ -21,25 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from data_pipelines.bad_samples import BadSampleError
 from data_pipelines.config import SourceConfig
 from data_pipelines.decode import VideoDecoder
-from data_pipelines.sampling import union_indices
+from data_pipelines.sampling import clip_indices
 from data_pipelines.sources import SampleEntry, SampleReader, Unit, load_sources
+from data_pipelines.transforms import spatial_views
 
-__all__ = [
-    "EvalClipSpec",
-    "EvalVideo",
-    "EvalVideos",
-    "find_splits",
-    "iter_eval_videos",
-    "list_samples",
-    "segment_indices",
-    "spatial_views",
-]
+__all__ = ["EvalClipSpec", "EvalVideo", "EvalVideos", "find_splits", "iter_eval_videos", "list_samples"]
 
 log = logging.getLogger(__name__)
 
@@ -85,40 +76,6 @@ class Skipped:
     reason: str
 
 
-def segment_indices(num_frames: int, *, frames: int, frame_step: int, segments: int) -> np.ndarray:
-    """[S, T] int64 frame indices: the middle clip of each of S equal parts of the clip-start range.
-    A video shorter than one clip starts at 0 and repeats its last frame."""
-    if num_frames < 1:
-        raise BadSampleError("video has no frames")
-    span = (frames - 1) * frame_step + 1
-    slack = max(num_frames - span, 0)
-    starts = np.floor((np.arange(segments) + 0.5) * slack / segments).astype(np.int64)  # [S]
-    indices = starts[:, None] + np.arange(frames)[None, :] * frame_step  # [S, T]
-    return np.minimum(indices, num_frames - 1)
-
-
-def spatial_views(frames: np.ndarray | torch.Tensor, *, crop: int, views: int) -> torch.Tensor:
-    """Frames [T, H, W, 3] uint8 -> [V, 3, T, c, c] uint8: short side resized to `crop`, then a centre
-    crop (V = 1) or crops at the start, middle and end of the long side (V = 3)."""
-    video = torch.as_tensor(frames)
-    if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != torch.uint8:
-        raise ValueError(f"frames must be [T, H, W, 3] uint8, got {tuple(video.shape)} {video.dtype}")
-    video_tchw = video.permute(0, 3, 1, 2)  # [T, 3, H, W]
-    height, width = video_tchw.shape[-2:]
-    if min(height, width) != crop:
-        scale = crop / min(height, width)
-        size = [max(crop, round(height * scale)), max(crop, round(width * scale))]
-        video_tchw = TF.resize(video_tchw, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
-        height, width = size
-    long_side = max(height, width)
-    offsets = [(long_side - crop) // 2] if views == 1 else [0, (long_side - crop) // 2, long_side - crop]
-    out = []
-    for offset in offsets:
-        top, left = (offset, (width - crop) // 2) if height >= width else ((height - crop) // 2, offset)
-        out.append(video_tchw[:, :, top : top + crop, left : left + crop].permute(1, 0, 2, 3))  # [3, T, c, c]
-    return torch.stack(out)  # [V, 3, T, c, c]
-
-
 def find_splits(data: str | Path) -> dict[str, str]:
     """{split: path} for a dataset folder holding train/ (and val/, test/) sample folders or shards;
     otherwise {"features": data}, one split named after the default output file."""
@@ -149,26 +106,31 @@ class EvalVideos(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def _pick(self, num_frames: int, video_fps: float) -> np.ndarray:
+        s = self.spec
+        return clip_indices(
+            num_frames,
+            video_fps,
+            frames=s.frames,
+            frame_step=s.frame_step,
+            fps=None,
+            num_clips=s.segments,
+            pad=True,
+            rng=None,
+        )  # [S, T]
+
     def __getitem__(self, index: int) -> EvalVideo | Skipped:
         unit, entry = self.samples[index]
-        if self._reader is None:
+        if self._reader is None or self._decoder is None:
             self._reader = SampleReader()
             self._decoder = VideoDecoder(self.spec.decoder, timeout_s=self.spec.decode_timeout_s)
-        s = self.spec
-        picked: list[np.ndarray] = []
-
-        def pick(num_frames: int, video_fps: float) -> np.ndarray:
-            idx = segment_indices(num_frames, frames=s.frames, frame_step=s.frame_step, segments=s.segments)
-            picked.append(idx)
-            return union_indices(idx)[0]
-
         try:
             raw = self._reader.read(unit, entry)
-            frames = self._decoder(raw.data, pick)  # [K, H, W, 3] distinct frames, sorted
+            video = self._decoder(raw.data, self._pick)  # frames [S, T, H, W, 3]
         except BadSampleError as err:
             return Skipped(entry.key, str(err))
-        _, positions = union_indices(picked[0])  # [S, T] rows into the decoded frames
-        views = [spatial_views(frames[row], crop=s.crop, views=s.views) for row in positions]  # S x [V, ...]
+        s = self.spec
+        views = [spatial_views(clip, crop=s.crop, views=s.views) for clip in video.frames]  # S x [V, ...]
         return EvalVideo(entry.key, raw.label, torch.cat(views))  # [S*V, 3, T, c, c]
 
 
