@@ -5,7 +5,8 @@ imports only them, everything else is internal.
   loader itself), the `VideoBatch` / `MaskBatch` it yields, `MaskGenerator` / `MaskSpec` /
   `default_mask_specs` for the masks, `normalize` for the training device.
 - Evaluation clips: `EvalClipSpec`, `iter_eval_videos` -> `EvalVideo`, `find_splits`.
-- Making data: `pack_videos` (videos -> tar shards), `write_synthetic_dataset` and its `CLASS_NAMES`.
+- Making data: `list_videos` (a folder's videos and class labels), `pack_videos` (videos -> tar shards),
+  `write_synthetic_dataset` and `render_video` (the synthetic motion clips) with their `CLASS_NAMES`.
 
 Names are imported on first use, so that `import data_pipelines.sources` (or reading a config) does not
 load PyTorch, torchvision or PyAV.
@@ -23,8 +24,9 @@ if TYPE_CHECKING:
     from data_pipelines.loader import build_loader
     from data_pipelines.masking import MaskGenerator, MaskSpec, default_mask_specs
     from data_pipelines.shard_writer import pack_videos
+    from data_pipelines.sources import list_videos
     from data_pipelines.stream import BatchStream, build_train_stream
-    from data_pipelines.synthetic import CLASS_NAMES, write_synthetic_dataset
+    from data_pipelines.synthetic import CLASS_NAMES, render_video, write_synthetic_dataset
     from data_pipelines.transforms import normalize
 
 _EXPORTS = {  # public name -> the module that defines it
@@ -43,7 +45,9 @@ _EXPORTS = {  # public name -> the module that defines it
     "EvalVideo": "eval_clips",
     "iter_eval_videos": "eval_clips",
     "find_splits": "eval_clips",
+    "list_videos": "sources",
     "pack_videos": "shard_writer",
+    "render_video": "synthetic",
     "write_synthetic_dataset": "synthetic",
     "CLASS_NAMES": "synthetic",
 }
@@ -64,8 +68,10 @@ __all__ = [
     "default_mask_specs",
     "find_splits",
     "iter_eval_videos",
+    "list_videos",
     "normalize",
     "pack_videos",
+    "render_video",
     "write_synthetic_dataset",
 ]
 

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_pipelines.shard_writer import pack_videos
+    from data_pipelines import pack_videos
 
     if not args.reencode and args.short_side is not None:
         raise ValueError("--short-side needs --reencode")

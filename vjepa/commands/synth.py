@@ -14,7 +14,7 @@ class _ClassListHelp(argparse.HelpFormatter):
 
     def add_text(self, text: str | None) -> None:
         if text == _CLASSES:
-            from data_pipelines.synthetic import CLASS_NAMES
+            from data_pipelines import CLASS_NAMES
 
             text = _CLASSES.format(", ".join(CLASS_NAMES))
         super().add_text(text)
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_pipelines.synthetic import write_synthetic_dataset
+    from data_pipelines import write_synthetic_dataset
 
     summary = write_synthetic_dataset(
         args.out,
