@@ -6,8 +6,8 @@ H/W pixels; frames come back as [*I, H, W, 3] uint8 RGB.
 The caller passes `pick(num_frames, fps) -> indices` because which frames to read depends on the video's
 length and rate, known only once it is open. The indices may have any shape and repeat: the decoder reads
 their sorted union once (seeks only move forward) and hands back a `DecodedVideo` holding the frames at
-exactly those indices, together with the indices. Everything the caller needs comes back as the decode's
-return value; nothing is passed back through state that `pick` mutates on the decode thread.
+exactly those indices, together with the indices: what the caller needs comes back as the decode's
+return value (through the runner's result), not through a list that `pick` fills on the decode thread.
 
 Time bound: decord can hang on damaged files, inside C code, so each decode runs through a
 `timeout.TimeoutRunner` (a long-lived helper thread, waited on with a timeout; see there why not a signal
