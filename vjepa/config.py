@@ -20,7 +20,7 @@ import yaml
 from data_pipelines.checks import check, check_choice, check_choices, literal_values
 from data_pipelines.config import DataConfig
 from data_pipelines.masking import MaskSpec, default_mask_specs
-from vjepa.utils import DeviceName, deep_merge, resolve_device
+from vjepa.utils import DeviceName, atomic_write, deep_merge, resolve_device
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -356,4 +356,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Writes the whole resolved tree as YAML (atomically: a reader never sees half a file)."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
