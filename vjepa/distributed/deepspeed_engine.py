@@ -114,7 +114,7 @@ class DeepSpeedEngine:
         )
         self.model, self.module, self.optimizer = engine, model, optimizer
         self.trainable = [p for p in model.parameters() if p.requires_grad]
-        self.barrier, self.all_finite = collectives(device)
+        self.barrier, self.all_ranks = collectives(device)
 
     # ------------------------------------------------------------------ one step
 

@@ -36,7 +36,7 @@ class Engine(Protocol):
     optimizer: torch.optim.Optimizer  # whose param_groups receive the step's lr and weight decay
 
     def barrier(self) -> None: ...
-    def all_finite(self, flag: bool) -> bool: ...
+    def all_ranks(self, flag: bool) -> bool: ...  # True only if `flag` holds on every rank
     def backward(self, loss: torch.Tensor) -> None: ...
     def grad_norm(self) -> torch.Tensor: ...
     def clip_gradients(self, max_norm: float, total_norm: torch.Tensor) -> None: ...
@@ -49,7 +49,7 @@ class Engine(Protocol):
 
 
 def collectives(device: torch.device) -> tuple:
-    """(barrier, all_finite) for the current process group, or no-ops without one."""
+    """(barrier, all_ranks) for the current process group, or no-ops without one."""
     return process_group.barrier, lambda flag: process_group.all_true(flag, device)
 
 
@@ -70,7 +70,7 @@ class TorchEngine:
         self.module, self.model = model, wrapped if wrapped is not None else model
         self.optimizer, self.device, self.rank = optimizer, device, rank
         self.target: ReplicatedTarget = ReplicatedTarget(model.encoder)
-        self.barrier, self.all_finite = collectives(device)
+        self.barrier, self.all_ranks = collectives(device)
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()

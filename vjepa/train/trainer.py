@@ -42,6 +42,7 @@ from vjepa.objective import JepaModel, target_features
 from vjepa.train.metrics import RunLogger
 from vjepa.train.monitors import collapse_stats
 from vjepa.train.optim import build_optimizer, set_lr_wd
+from vjepa.train.preemption import StopSignals
 from vjepa.train.schedules import StepValues, values_at
 from vjepa.utils import resolve_device
 
@@ -90,12 +91,12 @@ def train_step(
             monitors=monitors,
         )
 
-    if not engine.all_finite(bool(torch.isfinite(out.loss.detach()))):
+    if not engine.all_ranks(bool(torch.isfinite(out.loss.detach()))):
         engine.drop_gradients(after_backward=False)
         return skipped(float("nan"), float("nan"))
     engine.backward(out.loss)
     grad_norm = engine.grad_norm()  # global L2 norm before clipping, identical on every rank
-    if not engine.all_finite(bool(torch.isfinite(grad_norm))):
+    if not engine.all_ranks(bool(torch.isfinite(grad_norm))):
         engine.drop_gradients(after_backward=True)
         return skipped(float(out.loss.detach()), float(grad_norm))
     if cfg.optim.grad_clip is not None:
@@ -291,24 +292,31 @@ class TrainSummary:
     world_size: int
     rank: int
     pid: int
+    stopped_by: str  # the signal that stopped the run early (a checkpoint was written), "" otherwise
 
 
 def train(cfg: Config) -> TrainSummary:
-    """Runs (or resumes) pretraining as configured."""
-    run = build_run(cfg)
-    try:
-        return loop(run, resume(run))
-    finally:
-        run.close()
+    """Runs (or resumes) pretraining as configured. SIGUSR1, SIGTERM and SIGINT stop it after the current
+    step with a checkpoint to resume from (see preemption.py)."""
+    with StopSignals() as signals:
+        run = build_run(cfg)
+        try:
+            return loop(run, resume(run), signals)
+        finally:
+            run.close()
 
 
-def loop(run: Run, start: int) -> TrainSummary:
+def loop(run: Run, start: int, signals: StopSignals) -> TrainSummary:
     cfg, steps = run.cfg, run.cfg.train.steps
     logger = RunLogger(run.folder.root, cfg.log, total_steps=steps, start_step=start, enabled=run.env.is_main)
-    bad_in_a_row, skipped, first, last = 0, 0, None, None
+    bad_in_a_row, skipped, first, last, stopped_by, done = 0, 0, None, None, "", start
     stream = iter(run.data)
     try:
         for step in range(start, steps):
+            if step == start and stop_requested(run, signals):  # before any step: nothing new to save
+                stopped_by = signals.name or "a signal on another rank"
+                log.warning("stopping before step %d (%s); nothing to save", step, stopped_by)
+                break
             t0 = time.perf_counter()
             batch, stream = next_batch(run.data, stream)
             t1 = time.perf_counter()
@@ -331,15 +339,26 @@ def loop(run: Run, start: int) -> TrainSummary:
                     f"{cfg.train.max_bad_steps}); stopping. The last checkpoint in {run.ckpts.root} is intact."
                 )
             done = step + 1
-            # No save in the middle of a non-finite streak: the last checkpoint stays the last good one.
-            if bad_in_a_row == 0 and (done % cfg.checkpoint.every_steps == 0 or done == steps):
+            stop = stop_requested(run, signals)
+            # No periodic save in a non-finite streak: the last checkpoint stays the last good one. (Skipped
+            # steps leave the weights as they were, so a save on a signal loses nothing either way.)
+            if stop or (bad_in_a_row == 0 and (done % cfg.checkpoint.every_steps == 0 or done == steps)):
                 run.save(done)
+            if stop:
+                stopped_by = signals.name or "a signal on another rank"
+                log.warning(
+                    "stopped after step %d (%s): checkpoint written to %s; run the same command to resume",
+                    step,
+                    stopped_by,
+                    run.ckpts.step_dir(done),
+                )
+                break
     finally:
         logger.close()
     return TrainSummary(
         start_step=start,
         steps=steps,
-        steps_run=max(0, steps - start),
+        steps_run=done - start,
         skipped_steps=skipped,
         first_loss=first,
         last_loss=last,
@@ -347,7 +366,13 @@ def loop(run: Run, start: int) -> TrainSummary:
         world_size=run.env.world_size,
         rank=run.env.rank,
         pid=os.getpid(),
+        stopped_by=stopped_by,
     )
+
+
+def stop_requested(run: Run, signals: StopSignals) -> bool:
+    """True on every rank as soon as one rank has received a stop signal (one tiny all-reduce per step)."""
+    return not run.engine.all_ranks(not signals.requested)
 
 
 def step_metrics(
