@@ -7,6 +7,8 @@ imports only them, everything else is internal.
 - Evaluation clips: `EvalClipSpec`, `iter_eval_videos` -> `EvalVideo`, `find_splits`.
 - Making data: `list_videos` (a folder's videos and class labels), `pack_videos` (videos -> tar shards),
   `write_synthetic_dataset` and `render_video` (the synthetic motion clips) with their `CLASS_NAMES`.
+- Config checks, shared with the vjepa config tree: `check`, `check_choice`, `check_choices` and
+  `literal_values` (allowed values are `Literal[...]` types).
 
 Names are imported on first use, so that `import data_pipelines.sources` (or reading a config) does not
 load PyTorch, torchvision or PyAV.
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from data_pipelines.batch import MaskBatch, VideoBatch
+    from data_pipelines.checks import check, check_choice, check_choices, literal_values
     from data_pipelines.config import DataConfig, SourceConfig
     from data_pipelines.eval_clips import EvalClipSpec, EvalVideo, find_splits, iter_eval_videos
     from data_pipelines.loader import build_loader
@@ -50,6 +53,10 @@ _EXPORTS = {  # public name -> the module that defines it
     "render_video": "synthetic",
     "write_synthetic_dataset": "synthetic",
     "CLASS_NAMES": "synthetic",
+    "check": "checks",
+    "check_choice": "checks",
+    "check_choices": "checks",
+    "literal_values": "checks",
 }
 
 __all__ = [
@@ -65,10 +72,14 @@ __all__ = [
     "VideoBatch",
     "build_loader",
     "build_train_stream",
+    "check",
+    "check_choice",
+    "check_choices",
     "default_mask_specs",
     "find_splits",
     "iter_eval_videos",
     "list_videos",
+    "literal_values",
     "normalize",
     "pack_videos",
     "render_video",

@@ -17,9 +17,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from data_pipelines.checks import check, check_choice, check_choices, literal_values
-from data_pipelines.config import DataConfig
-from data_pipelines.masking import MaskSpec, default_mask_specs
+from data_pipelines import (
+    DataConfig,
+    MaskSpec,
+    check,
+    check_choice,
+    check_choices,
+    default_mask_specs,
+    literal_values,
+)
 from vjepa.utils import DeviceName, atomic_write, deep_merge, resolve_device
 
 if TYPE_CHECKING:
