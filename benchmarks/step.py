@@ -52,10 +52,10 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from data_pipelines import MaskGenerator, build_train_stream
     from vjepa.config import load_config
     from vjepa.distributed.env import DistEnv
     from vjepa.models.builder import token_grid
-    from vjepa.train.data import build_train_data
     from vjepa.train.trainer import build_models, make_engine, train_step
     from vjepa.utils import resolve_device
 
@@ -101,7 +101,10 @@ def main(argv: list[str] | None = None) -> None:
     grid = token_grid(
         frames=args.frames, crop=args.crop, patch=cfg.model.patch_size, tubelet=cfg.model.tubelet_size
     )
-    batch = next(iter(build_train_data(cfg, grid=grid, rank=0, world_size=1)))  # one batch, reused
+    masks = MaskGenerator(cfg.mask, grid=grid, seed=cfg.train.seed, rank=0)
+    batch = next(
+        iter(build_train_stream(cfg.data, mask_generator=masks, seed=cfg.train.seed))
+    )  # one batch, reused
     times = []
     for step in range(args.warmup + args.steps):
         if device.type == "cuda":

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from data_pipelines import check
 from vjepa.config import DistConfig
 from vjepa.utils import deep_merge
 
 
 def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ValueError(f"dist.deepspeed.{key}: {message}")
+    check(ok, f"dist.deepspeed.{key}", message)
 
 
 def deepspeed_config(

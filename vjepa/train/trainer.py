@@ -24,8 +24,7 @@ from pathlib import Path
 
 import torch
 
-from data_pipelines.batch import VideoBatch  # TODO(seams)
-from data_pipelines.transforms import normalize
+from data_pipelines import BatchStream, MaskGenerator, VideoBatch, build_train_stream, normalize
 from vjepa.checkpoint import (
     CheckpointManager,
     RunFolder,
@@ -37,8 +36,8 @@ from vjepa.config import Config, save_config
 from vjepa.distributed.engine import Engine, build_engine
 from vjepa.distributed.env import DistEnv, read_env
 from vjepa.models.builder import build_encoder, build_predictor, token_grid
-from vjepa.models.weights import read_torch_file
 from vjepa.objective import JepaModel, target_features
+from vjepa.pretrained import read_pretrained
 from vjepa.train.metrics import RunLogger
 from vjepa.train.monitors import collapse_stats
 from vjepa.train.optim import build_optimizer, set_lr_wd
@@ -136,6 +135,7 @@ def build_models(cfg: Config, device: torch.device) -> JepaModel:
         patch=m.patch_size,
         tubelet=m.tubelet_size,
         pos_embed=m.pos_embed,
+        rope_layout=m.rope_layout,
         attention=m.attention,
         grad_ckpt=m.activation_checkpointing,
     )
@@ -189,7 +189,7 @@ class Run:
     device: torch.device
     folder: RunFolder
     engine: Engine
-    data: object  # TODO(seams)
+    data: BatchStream
     ckpts: CheckpointManager
     owns_group: bool
 
@@ -253,9 +253,10 @@ def build_run(cfg: Config) -> Run:
         patch=cfg.model.patch_size,
         tubelet=cfg.model.tubelet_size,
     )
-    from vjepa.train.data import build_train_data  # TODO(seams)
-
-    data = build_train_data(cfg, grid=grid, rank=env.rank, world_size=env.world_size)
+    masks = MaskGenerator(cfg.mask, grid=grid, seed=cfg.train.seed, rank=env.rank)
+    data = build_train_stream(
+        cfg.data, mask_generator=masks, seed=cfg.train.seed, rank=env.rank, world_size=env.world_size
+    )
     return Run(cfg, env, device, folder, engine, data, ckpts, owns_group)
 
 
@@ -270,9 +271,7 @@ def resume(run: Run) -> int:
         log.info("resumed from %s at step %d", latest, step)
         return step
     if cfg.train.init_from:
-        run.engine.load_weights(
-            read_torch_file(cfg.train.init_from, what="train.init_from", map_location=run.device)
-        )
+        run.engine.load_weights(read_pretrained(cfg.train.init_from, what="train.init_from", model=cfg.model))
         log.info("initialised weights from %s", cfg.train.init_from)
     return 0
 
@@ -396,7 +395,7 @@ def step_metrics(
     }
 
 
-def next_batch(data, stream):
+def next_batch(data: BatchStream, stream):
     """The next batch; at the end of an epoch (non-resampled data) the next epoch starts."""
     try:
         return next(stream), stream
