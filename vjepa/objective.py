@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_pipelines.batch import MaskBatch
+from data_pipelines import MaskBatch
 from vjepa.models.tokens import gather_tokens
 
 
