@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
 PosEmbed = Literal["sincos", "rope"]  # sincos: fixed 3D sin-cos (V-JEPA 1); rope: 3D rotary (V-JEPA 2)
+# RoPE channel layout: half = rotate-half (a true rotation, ours); vjepa2 = the published V-JEPA 2 layout
+RopeLayout = Literal["half", "vjepa2"]
 Attention = Literal["sdpa", "xformers"]  # xformers: CUDA only
 Schedule = Literal["vjepa1", "vjepa2"]  # vjepa1: warmup + cosine; vjepa2: warmup + constant [+ cooldown]
 Precision = Literal["bf16", "fp32"]  # bf16: autocast with fp32 weights
@@ -45,6 +47,7 @@ class ModelConfig:
     patch_size: int = 16
     tubelet_size: int = 2
     pos_embed: PosEmbed = "sincos"
+    rope_layout: RopeLayout = "half"  # with pos_embed=rope; vjepa2 for the official V-JEPA 2 weights
     attention: Attention = "sdpa"
     activation_checkpointing: bool = False
     pred_width: int = 384

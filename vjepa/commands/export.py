@@ -1,5 +1,6 @@
-"""`vjepa export --checkpoint DIR --out FILE`: one plain torch file with the encoder, predictor and EMA target
-(fp32) and the run's config, from any of our checkpoints (single, DDP or DeepSpeed ZeRO 0-3)."""
+"""`vjepa export --checkpoint PATH --out FILE [--format torch|safetensors]`: one plain file with the encoder,
+predictor and EMA target (fp32) and the run's config, from any of our checkpoints (single, DDP or DeepSpeed
+ZeRO 0-3), or converted from any file `vjepa.pretrained` reads (an official V-JEPA / V-JEPA 2 file too)."""
 
 from __future__ import annotations
 
@@ -15,17 +16,32 @@ def register(sub: argparse._SubParsersAction) -> None:
         "checkpoint step folder, a run's checkpoints/ folder or the run folder (newest complete checkpoint).",
     )
     p.add_argument(
-        "--checkpoint", required=True, help="checkpoint step folder, checkpoints/ folder or run folder"
+        "--checkpoint",
+        required=True,
+        help="checkpoint step folder, checkpoints/ folder, run folder, or a model file to convert",
     )
     p.add_argument("--out", required=True, help="output file, e.g. runs/x/model_export.pt")
+    p.add_argument(
+        "--format",
+        default="torch",
+        choices=("torch", "safetensors"),
+        help="torch pickle (weights only) or safetensors (config as JSON in the metadata)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from vjepa.checkpoint import resolve_checkpoint
-    from vjepa.distributed.export import export_checkpoint
+    from pathlib import Path
 
-    folder = resolve_checkpoint(args.checkpoint)
-    out = export_checkpoint(folder, args.out)
-    print(json.dumps({"checkpoint": str(folder), "out": str(out)}), flush=True)
+    from vjepa.checkpoint import resolve_checkpoint
+    from vjepa.distributed.export import export_checkpoint, save_model_file
+    from vjepa.pretrained import read_pretrained
+
+    if Path(args.checkpoint).is_dir():
+        source = resolve_checkpoint(args.checkpoint)
+        out = export_checkpoint(source, args.out, format=args.format)
+    else:
+        source = Path(args.checkpoint)
+        out = save_model_file(read_pretrained(source), args.out, format=args.format)
+    print(json.dumps({"checkpoint": str(source), "out": str(out), "format": args.format}), flush=True)
     return 0

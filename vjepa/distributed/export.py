@@ -3,13 +3,17 @@
     {"encoder": state_dict, "predictor": state_dict, "target_encoder": state_dict, "config": dict}
 
 in fp32 on CPU, loadable without DeepSpeed or a process group (feature extraction, probes, `train.init_from`).
+`format="safetensors"` writes the same tensors flat as `<part>.<key>` with the config as JSON in the metadata
+(read back by `vjepa.models.weights.read_safetensors`).
 DeepSpeed's shards are merged with its own `zero_to_fp32` reader (fp32 master weights); the ZeRO-3 target
 shards written by `zero_ema.save_shard` are concatenated here.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import yaml
@@ -24,7 +28,11 @@ from vjepa.checkpoint import (
     resolve_checkpoint,
 )
 from vjepa.distributed import zero_ema
-from vjepa.models.weights import read_torch_file
+from vjepa.models.weights import MODEL_PARTS, SAFETENSORS_FORMAT, read_torch_file
+from vjepa.utils import atomic_write
+
+ExportFormat = Literal["torch", "safetensors"]
+EXPORT_FORMATS = ("torch", "safetensors")
 
 
 def _split(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -77,10 +85,32 @@ def consolidate(checkpoint: str | Path) -> dict:
     return {**parts, "config": config}
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
-    """Writes the consolidated file atomically; returns its path."""
+def save_model_file(state: dict[str, Any], out: str | Path, *, format: ExportFormat = "torch") -> Path:
+    """Writes a {"encoder", "predictor", "target_encoder", "config"} dict atomically as a torch or a
+    safetensors file; returns its path."""
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"--format: must be one of {EXPORT_FORMATS}, got {format!r}")
     out = Path(out)
-    state = consolidate(checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(state, out)
+    if format == "torch":
+        atomic_torch_save(state, out)
+        return out
+    from safetensors.torch import save_file
+
+    # safetensors refuses shared or strided storage: every tensor gets its own contiguous copy
+    flat = {
+        f"{part}.{key}": value.detach().cpu().contiguous().clone()
+        for part in MODEL_PARTS
+        for key, value in state.get(part, {}).items()
+    }
+    meta = {"format": SAFETENSORS_FORMAT, "config": json.dumps(state["config"])}
+    if "source" in state:
+        meta["source"] = json.dumps(state["source"])
+    with atomic_write(out) as tmp:
+        save_file(flat, str(tmp), metadata=meta)
     return out
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: ExportFormat = "torch") -> Path:
+    """Writes the consolidated file of a checkpoint folder atomically; returns its path."""
+    return save_model_file(consolidate(checkpoint), out, format=format)

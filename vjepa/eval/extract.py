@@ -24,7 +24,7 @@ from torch import nn
 from data_pipelines import EvalClipSpec, EvalVideo, iter_eval_videos, normalize
 from vjepa.config import Config, from_dict
 from vjepa.models.builder import build_encoder
-from vjepa.models.weights import LOAD_ERRORS, load_weights, read_torch_file
+from vjepa.models.weights import LOAD_ERRORS, load_weights
 from vjepa.utils import atomic_write
 
 __all__ = [
@@ -88,22 +88,12 @@ def load_features(path: str | Path) -> FeatureSet:
 
 
 def load_checkpoint_state(checkpoint: str | Path) -> dict[str, Any]:
-    """{"encoder", "predictor", "target_encoder", "config"} from an exported model file, a checkpoint step
-    folder, a `checkpoints/` folder or a run folder (newest complete checkpoint; DeepSpeed ones too)."""
-    from vjepa.distributed.export import consolidate
+    """{"encoder", "predictor", "target_encoder", "config"} from any checkpoint form `vjepa.pretrained`
+    reads: an exported model file (torch or safetensors), a checkpoint step folder, a `checkpoints/` folder
+    or a run folder (newest complete checkpoint; DeepSpeed ones too), an official V-JEPA / V-JEPA 2 file."""
+    from vjepa.pretrained import read_pretrained
 
-    path = Path(checkpoint)
-    if path.is_dir():
-        return consolidate(path)
-    if not path.is_file():
-        raise ValueError(f"--checkpoint: {path} does not exist")
-    state = read_torch_file(path, what="--checkpoint")
-    if not isinstance(state, dict) or "config" not in state or not set(ENCODER_KEYS.values()) <= set(state):
-        raise ValueError(
-            f"--checkpoint: {path} is not an exported model file (expected keys encoder, target_encoder, "
-            "config; `vjepa export` writes one)"
-        )
-    return state
+    return read_pretrained(checkpoint, what="--checkpoint")
 
 
 def checkpoint_config(state: dict[str, Any]) -> Config:
@@ -141,6 +131,7 @@ def load_encoder(
             patch=m.patch_size,
             tubelet=m.tubelet_size,
             pos_embed=m.pos_embed,
+            rope_layout=m.rope_layout,
             attention="sdpa",
             device="cpu",
         )

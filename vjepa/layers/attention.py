@@ -77,6 +77,7 @@ class Attention(nn.Module):
         *,
         backend: str = "sdpa",
         rope: bool = False,
+        rope_layout: str = "half",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -85,7 +86,7 @@ class Attention(nn.Module):
             raise ValueError(f"width {dim} is not divisible by {heads} heads")
         check_backend(backend)
         self.heads, self.head_dim, self.backend = heads, dim // heads, backend
-        self.rope = Rope3D(self.head_dim) if rope else None
+        self.rope = Rope3D(self.head_dim, layout=rope_layout) if rope else None
         self.qkv = nn.Linear(dim, 3 * dim, device=device, dtype=dtype)
         self.proj = nn.Linear(dim, dim, device=device, dtype=dtype)
 

@@ -28,12 +28,15 @@ class Block(nn.Module):
         *,
         backend: str = "sdpa",
         rope: bool = False,
+        rope_layout: str = "half",
         device=None,
         dtype=None,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6, device=device, dtype=dtype)
-        self.attn = Attention(dim, heads, backend=backend, rope=rope, device=device, dtype=dtype)
+        self.attn = Attention(
+            dim, heads, backend=backend, rope=rope, rope_layout=rope_layout, device=device, dtype=dtype
+        )
         self.norm2 = nn.LayerNorm(dim, eps=1e-6, device=device, dtype=dtype)
         self.mlp = Mlp(dim, mlp_hidden, device=device, dtype=dtype)
 

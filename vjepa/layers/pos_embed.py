@@ -41,12 +41,28 @@ def sincos_3d(dim: int, grid: tuple[int, int, int]) -> torch.Tensor:
     return torch.cat(parts, dim=1)[:, :dim].float()
 
 
+ROPE_LAYOUTS = ("half", "vjepa2")
+
+
 class Rope3D:
     """3D rotary embedding: per head, 2*((hd//3)//2) channels each rotate with time, height and width
-    coordinates; leftover channels are not rotated."""
+    coordinates; leftover channels are not rotated. Within each axis's a channels, frequency i is
+    1/base^(i/(a/2)) and the angle is the integer coordinate times it.
 
-    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
-        self.head_dim = head_dim
+    Two channel layouts:
+      "half"    channel i pairs with channel i + a/2 and both turn by frequency i (rotate-half). A true
+                rotation: norms are kept and q.k depends only on coordinate differences. Our default.
+      "vjepa2"  the published V-JEPA 2 layout: adjacent channels (2i, 2i+1) pair up, x -> x cos + x' sin with
+                x' = (-x[2i+1], x[2i]), and channel j turns by frequency (j mod a/2) (the a/2 frequencies are
+                tiled twice, not repeated per pair). The two channels of a pair then turn by different angles,
+                so this is not a rotation; it is what their checkpoints were trained with, and the only
+                layout that gives their features.
+    """
+
+    def __init__(self, head_dim: int, base: float = 10000.0, layout: str = "half") -> None:
+        if layout not in ROPE_LAYOUTS:
+            raise ValueError(f"model.rope_layout: unknown layout {layout!r} (choose from {ROPE_LAYOUTS})")
+        self.head_dim, self.layout = head_dim, layout
         self.axis_dim = 2 * ((head_dim // 3) // 2)
         if self.axis_dim == 0:
             raise ValueError(f"head dim {head_dim} is too small for 3D RoPE (needs >= 6)")
@@ -62,9 +78,16 @@ class Rope3D:
     def apply(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """Rotates q or k: x [B, H, K, hd], coords [B, K, 3] integer grid positions."""
         ang = self.angles(coords)[:, None]  # [B, 1, K, 3, a/2]
-        cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
         a = self.axis_dim
         rotated = x[..., : 3 * a].unflatten(-1, (3, a))  # [B, H, K, 3, a]
-        x1, x2 = rotated[..., : a // 2], rotated[..., a // 2 :]
-        out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
-        return torch.cat([out, x[..., 3 * a :]], dim=-1)
+        if self.layout == "half":
+            cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+            x1, x2 = rotated[..., : a // 2], rotated[..., a // 2 :]
+            out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+        else:
+            ang = torch.cat([ang, ang], dim=-1)  # [B, 1, K, 3, a]: frequencies tiled, channel j -> j mod a/2
+            cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+            even, odd = rotated[..., 0::2], rotated[..., 1::2]  # [B, H, K, 3, a/2]
+            partner = torch.stack([-odd, even], dim=-1).flatten(-2)  # [B, H, K, 3, a]
+            out = rotated * cos + partner * sin
+        return torch.cat([out.flatten(-2), x[..., 3 * a :]], dim=-1)

@@ -41,6 +41,7 @@ def build_encoder(
     patch: int = 16,
     tubelet: int = 2,
     pos_embed: str = "sincos",
+    rope_layout: str = "half",
     attention: str = "sdpa",
     grad_ckpt: bool = False,
     device: torch.device | str | None = None,
@@ -58,6 +59,7 @@ def build_encoder(
             patch=patch,
             tubelet=tubelet,
             pos_embed=pos_embed,
+            rope_layout=rope_layout,
             attention=attention,
             grad_ckpt=grad_ckpt,
         )
@@ -76,6 +78,7 @@ def build_predictor(
     heads: int = 16,
     num_mask_tokens: int = 2,
     pos_embed: str = "sincos",
+    rope_layout: str = "half",
     attention: str = "sdpa",
     grad_ckpt: bool = False,
     device: torch.device | str | None = None,
@@ -91,6 +94,7 @@ def build_predictor(
             grid=grid,
             num_mask_tokens=num_mask_tokens,
             pos_embed=pos_embed,
+            rope_layout=rope_layout,
             attention=attention,
             grad_ckpt=grad_ckpt,
         )

@@ -62,6 +62,7 @@ class VisionTransformer3D(nn.Module):
         patch: int = 16,
         tubelet: int = 2,
         pos_embed: str = "sincos",
+        rope_layout: str = "half",
         attention: str = "sdpa",
         grad_ckpt: bool = False,
         device=None,
@@ -77,7 +78,16 @@ class VisionTransformer3D(nn.Module):
             n = grid[0] * grid[1] * grid[2]
             self.register_buffer("pos_embed", torch.zeros(1, n, width, device=device, dtype=dtype))
         self.blocks = nn.ModuleList(
-            Block(width, heads, mlp_hidden, backend=attention, rope=self.use_rope, device=device, dtype=dtype)
+            Block(
+                width,
+                heads,
+                mlp_hidden,
+                backend=attention,
+                rope=self.use_rope,
+                rope_layout=rope_layout,
+                device=device,
+                dtype=dtype,
+            )
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(width, eps=1e-6, device=device, dtype=dtype)

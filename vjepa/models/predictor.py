@@ -28,6 +28,7 @@ class Predictor(nn.Module):
         num_mask_tokens: int = 2,
         mlp_ratio: float = 4.0,
         pos_embed: str = "sincos",
+        rope_layout: str = "half",
         attention: str = "sdpa",
         grad_ckpt: bool = False,
         device=None,
@@ -50,6 +51,7 @@ class Predictor(nn.Module):
                 int(width * mlp_ratio),
                 backend=attention,
                 rope=self.use_rope,
+                rope_layout=rope_layout,
                 device=device,
                 dtype=dtype,
             )

@@ -72,3 +72,31 @@ def vit_huge() -> ModelSize:
 @register_size("vit_giant")
 def vit_giant() -> ModelSize:  # V-JEPA 2 "ViT-g"
     return ModelSize(width=1408, depth=40, heads=22, mlp_hidden=6144)
+
+
+# The published vit_gigantic constructors pass a misspelt `mpl_ratio=64/13`, which their ViT swallows in
+# **kwargs, so the MLP ratio stays at 4 (hidden 6656, not 8192): checkpoints trained with that code carry 6656.
+@register_size("vit_gigantic")
+def vit_gigantic() -> ModelSize:
+    return ModelSize(width=1664, depth=48, heads=16, mlp_hidden=6656)
+
+
+@register_size("vit_gigantic_xformers")
+def vit_gigantic_xformers() -> ModelSize:  # the same weights' shapes with 26 heads of 64 channels
+    return ModelSize(width=1664, depth=48, heads=26, mlp_hidden=6656)
+
+
+def find_size(*, width: int, depth: int, mlp_hidden: int, heads: int | None = None) -> str:
+    """The first registered size with these weight shapes (and `heads`, when given). The head count is not
+    visible in the weights (qkv is [3D, D] for any split), so where several sizes share the shapes the first
+    registered one wins unless `heads` says otherwise."""
+    for name, size in MODEL_SIZES.items():
+        shapes = (size.width, size.depth, size.mlp_hidden) == (width, depth, mlp_hidden)
+        if shapes and (heads is None or size.heads == heads):
+            return name
+    known = ", ".join(f"{n} ({s.width}/{s.depth}/{s.heads}/{s.mlp_hidden})" for n, s in MODEL_SIZES.items())
+    heads_note = f", {heads} heads" if heads is not None else ""
+    raise ValueError(
+        f"no registered encoder size has width {width}, depth {depth}, MLP width {mlp_hidden}{heads_note} "
+        f"(known width/depth/heads/MLP: {known})"
+    )
