@@ -312,6 +312,26 @@ def test_prefixes_and_bare_keys_load_alike(tmp_path, v2):
             assert torch.equal(vjepa.load_encoder(other, frames=4, crop=32)(clips), ref), prefix
 
 
+def test_an_encoder_only_file_with_another_predictor_loads_its_encoder(tmp_path):
+    """V-JEPA 2-AC files carry `encoder` and an action-conditioned predictor, no target: the encoder loads
+    (and stands in for the target), the predictor is refused with the reason."""
+    parts = official_parts(2, seed=4)
+    ac = {
+        "encoder": parts["encoder"],
+        "predictor": {
+            "predictor_embed.weight": torch.zeros(1024, 96),
+            "action_encoder.weight": torch.zeros(1024, 7),
+        },
+    }
+    path = write_official(tmp_path / "ac.pt", ac)
+    clips = clips_for(4, 32)
+    with torch.no_grad():
+        ours = vjepa.load_encoder(path, frames=4, crop=32)(clips)
+        assert max_diff(ours, ref_encoder(parts["encoder"], clips, heads=V2["heads"], rope=True)) <= ATOL
+    with pytest.raises(ValueError, match=r"no predictor weights \(not loaded: .*no mask_tokens"):
+        vjepa.load_predictor(path)
+
+
 def test_rope_layouts_why_ours_stays_the_default():
     """The published layout equals the reference rotation; ours is a true rotation (norms kept, scores depend
     only on coordinate differences), the published one is neither, and they give different features."""

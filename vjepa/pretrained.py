@@ -121,7 +121,8 @@ def predictor_from_state(
 ) -> Predictor:
     """The frozen predictor of a `read_pretrained` dict, with as many mask tokens as the file carries."""
     if not state.get("predictor"):
-        raise ValueError("the checkpoint holds no predictor weights")
+        note = state.get("source", {}).get("predictor", "")
+        raise ValueError("the checkpoint holds no predictor weights" + (f" ({note})" if note else ""))
     cfg = state_config(state)
     m = cfg.model
     masks = sum(1 for k in state["predictor"] if k.startswith("mask_tokens."))
@@ -220,7 +221,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         "grid_from": "the checkpoint"
         if grid_stored
         else "default (RoPE weights hold no grid; any clip works)",
-        "parts": sorted(params),
+        "parts": state.get("source", {}).get("parts", sorted(params)),
         "parameters": params,
     }
     if state.get("predictor"):
@@ -231,4 +232,6 @@ def describe(path: str | Path) -> dict[str, Any]:
             "heads": m.pred_heads,
             "mask_tokens": masks,
         }
+    if "predictor" in state.get("source", {}):
+        out["predictor_note"] = state["source"]["predictor"]
     return out

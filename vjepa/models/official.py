@@ -61,11 +61,12 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def is_official(obj: Any) -> bool:
-    """True for a dict shaped like an official V-JEPA / V-JEPA 2 file: the three parts, no config."""
+    """True for a dict shaped like an official V-JEPA / V-JEPA 2 file: an `encoder` (with `target_encoder`
+    and `predictor` in pretraining files; V-JEPA 2-AC files carry no target), no config."""
     return (
         isinstance(obj, dict)
         and "config" not in obj
-        and {"encoder", "target_encoder"} <= set(obj)
+        and isinstance(obj.get("encoder"), dict)
         and all(isinstance(obj[k], dict) for k in PARTS if k in obj)
     )
 
@@ -172,6 +173,9 @@ def translate_official(
     """An official file's dict -> our exported-file layout with a synthesised config (see the module doc).
     `pos_embed` forces the position kind ("sincos"/"rope") where the file's own table would mislead."""
     parts = {k: strip_prefixes(obj[k]) for k in PARTS if k in obj}
+    present = sorted(parts)
+    if "target_encoder" not in parts:  # e.g. V-JEPA 2-AC: the (frozen) encoder is the one to evaluate
+        parts["target_encoder"] = parts["encoder"]
     shape = encoder_shape(parts["target_encoder"], f"{what}: 'target_encoder'")
     kind = pos_embed or shape.pos_embed
     if kind not in ("sincos", "rope"):
@@ -182,7 +186,7 @@ def translate_official(
             raise ValueError(f"{what}: pos_embed='sincos' but the encoder holds no pos_embed table")
         grid = infer_grid(shape.tokens, what=what)
         for key in ("encoder", "target_encoder"):
-            if key in parts:
+            if "pos_embed" in parts[key]:
                 _check_sincos(parts[key]["pos_embed"], shape.width, grid, f"{what}: '{key}'", "pos_embed")
         frames, crop = grid[0] * shape.tubelet, grid[1] * shape.patch
     else:
@@ -198,10 +202,19 @@ def translate_official(
         "pos_embed": kind,
         "rope_layout": "vjepa2" if kind == "rope" else "half",
     }
+    predictor_note = None
     if "predictor" in parts:
-        pred = predictor_shape(parts["predictor"], f"{what}: 'predictor'")
-        default_heads = VJEPA2_PRED_HEADS if kind == "rope" else get_size(name).heads
-        model.update(pred_width=pred.width, pred_depth=pred.depth, pred_heads=pred_heads or default_heads)
+        try:
+            pred = predictor_shape(parts["predictor"], f"{what}: 'predictor'")
+        except ValueError as err:  # another predictor (e.g. V-JEPA 2-AC's): the encoders still load
+            predictor_note, pred = str(err), None
+            del parts["predictor"]
+        if pred is not None:
+            default_heads = VJEPA2_PRED_HEADS if kind == "rope" else get_size(name).heads
+            model.update(pred_width=pred.width, pred_depth=pred.depth, pred_heads=pred_heads or default_heads)
+            if pred.has_table and kind == "sincos":
+                table = parts["predictor"]["predictor_pos_embed"]
+                _check_sincos(table, pred.width, grid, f"{what}: 'predictor'", "predictor_pos_embed")
     config = {
         "model": model,
         "data": {"frames_per_clip": frames, "crop_size": crop, "frame_step": VJEPA1_FRAME_STEP},
@@ -210,5 +223,8 @@ def translate_official(
         "format": "official V-JEPA 2" if kind == "rope" else "official V-JEPA",
         "grid_stored": kind == "sincos",
         "epoch": obj.get("epoch") if isinstance(obj.get("epoch"), int) else None,
+        "parts": present,
     }
+    if predictor_note:
+        source["predictor"] = f"not loaded: {predictor_note}"
     return {**parts, "config": config, "source": source}
