@@ -4,14 +4,17 @@ Shape legend: B clips per batch (V videos x C clips each), T frames, S crop pixe
 
 Which batches a worker builds: the rank's stream of positions (epoch, batch) from `start` on, every W-th
 one for worker w of W, which is the order in which DataLoader collects from its workers. What a batch holds
-is `plan.EpochPlan`'s business: it depends only on the position, so any worker (or a resumed loader)
-builds the same batch. Its V planned samples are decoded one sample ahead on the decoder's helper thread,
-so decoding the next video overlaps cropping this one; a failed sample is replaced by the plan's next
-candidates, fetched on demand.
+is `plan.EpochPlan`'s business: the samples of its block that load, so it depends only on the position and
+any worker (or a resumed loader) builds the same batch. Its samples are decoded one sample ahead on the
+decoder's helper thread, so decoding the next video overlaps cropping this one. A failed sample is skipped
+and counted in its block's `SkipStats`, never retried or counted by another block. A block whose samples
+all fail yields no batch with one rank (`None`, with its counts); with several ranks it yields one repeated
+sample, the first loadable one after it, so that every rank still yields the same number of batches.
 
 Randomness: each sample's generator is seeded from (seed, rank, epoch, batch, k), k the sample's place in
-the batch's candidate list (not the worker, so batches do not depend on the worker count); masks come from
-`mask_generator(B, worker=0, step=step)`, the step being unique per rank. No global RNG is touched.
+its block (V + i for the i-th sample tried as a repeat), not the worker, so batches do not depend on the
+worker count; masks come from `mask_generator(B, worker=0, step=step)`, the step being unique per rank.
+No global RNG is touched.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Position:
-    """Where a rank's data stream stands: batch `batch` of epoch `epoch` is next; `step` batches done."""
+    """Where a rank's data stream stands: batch `batch` of epoch `epoch` is next; `step` blocks done (the
+    batches delivered, plus any block whose samples all failed)."""
 
     epoch: int = 0
     batch: int = 0
@@ -95,7 +99,8 @@ def _stack(clips: list[torch.Tensor]) -> torch.Tensor:
 
 
 class ClipDataset(IterableDataset):
-    """Yields (VideoBatch, BatchInfo) for the stream starting at `self.start`, this worker's share."""
+    """Yields (VideoBatch, BatchInfo) for the stream starting at `self.start`, this worker's share (the batch
+    is None for a block whose samples all failed, with one rank)."""
 
     def __init__(
         self,
@@ -142,7 +147,7 @@ class ClipDataset(IterableDataset):
                 return
             epoch, batch = epoch + 1, 0
 
-    def __iter__(self) -> Iterator[tuple[VideoBatch, BatchInfo]]:
+    def __iter__(self) -> Iterator[tuple[VideoBatch | None, BatchInfo]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         reader = SampleReader()
@@ -160,11 +165,9 @@ class ClipDataset(IterableDataset):
             reader.close()
 
     def _planned(self, positions: Iterator[Position]) -> Iterator[tuple[Position, int, Unit, SampleEntry]]:
-        """The V planned samples of each position in turn (not the replacements)."""
+        """The planned samples of each position's block in turn."""
         for position in positions:
-            plan = self.plan(position.epoch)
-            candidates = itertools.islice(plan.candidates(position.batch), plan.videos_per_batch)
-            for k, (unit, entry) in enumerate(candidates):
+            for k, (unit, entry) in enumerate(self.plan(position.epoch).block(position.batch)):
                 yield position, k, unit, entry
 
     def _fetch(
@@ -226,20 +229,14 @@ class ClipDataset(IterableDataset):
 
     def _make_batch(
         self, position: Position, fetches: Iterator[_Fetch], reader: SampleReader, decoder: VideoDecoder
-    ) -> tuple[VideoBatch, SkipStats]:
-        """Batch `position` from its next V planned fetches, replacing failed samples from the plan."""
+    ) -> tuple[VideoBatch | None, SkipStats]:
+        """Batch `position` from the loadable samples among its block's next fetches (None: all failed)."""
         plan = self.plan(position.epoch)
-        v = plan.videos_per_batch
-        spares = itertools.islice(plan.candidates(position.batch), v, None)
-        replacements = (
-            self._fetch(position, k, unit, entry, reader, decoder)
-            for k, (unit, entry) in enumerate(spares, start=v)
-        )
         clips: list[torch.Tensor] = []  # [3, T, S, S] each
         labels: list[int] = []
         keys: list[str] = []
         skips = SkipStats()
-        for fetch in itertools.chain(itertools.islice(fetches, v), replacements):
+        for fetch in itertools.islice(fetches, plan.block_size(position.batch)):
             try:
                 sample_clips = self._clips(fetch)
             except BadSampleError as err:
@@ -250,13 +247,11 @@ class ClipDataset(IterableDataset):
             clips.extend(sample_clips)
             labels.extend([fetch.label] * len(sample_clips))
             keys.extend([fetch.entry.key] * len(sample_clips))
-            if len(keys) == self.cfg.batch_size:
-                break
-        else:
-            raise TooManyBadSamplesError(
-                f"epoch {position.epoch} batch {position.batch}: no {v} loadable samples among rank "
-                f"{self.rank}'s {plan.rank_samples}; worst shards: {skips.worst_shards()}"
-            )
+        if not keys:
+            if self.world_size == 1:
+                return None, skips
+            fetch, clips = self._repeat(position, reader, decoder)  # ranks' batch counts must stay equal
+            labels, keys = [fetch.label] * len(clips), [fetch.entry.key] * len(clips)
         masks = (
             []
             if self.mask_generator is None
@@ -269,3 +264,30 @@ class ClipDataset(IterableDataset):
             keys=keys,
         )
         return batch, skips
+
+    def _repeat(
+        self, position: Position, reader: SampleReader, decoder: VideoDecoder
+    ) -> tuple[_Fetch, list[torch.Tensor]]:
+        """The first loadable sample after a block whose samples all failed, and its clips. The samples
+        tried here belong to other blocks, which count them: nothing is recorded."""
+        plan = self.plan(position.epoch)
+        v = plan.videos_per_batch
+        for k, (unit, entry) in enumerate(plan.after(position.batch), start=v):
+            fetch = self._fetch(position, k, unit, entry, reader, decoder)
+            try:
+                clips = self._clips(fetch)
+            except BadSampleError:
+                continue
+            log.warning(
+                "epoch %d batch %d: all %d samples failed; repeating sample %s so that every rank yields "
+                "the same number of batches",
+                position.epoch,
+                position.batch,
+                plan.block_size(position.batch),
+                entry.key,
+            )
+            return fetch, clips
+        raise TooManyBadSamplesError(
+            f"epoch {position.epoch} batch {position.batch}: none of rank {self.rank}'s "
+            f"{plan.rank_samples} samples loads"
+        )

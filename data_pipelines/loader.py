@@ -2,17 +2,30 @@
 
 Shape legend: B clips per batch (V videos x C clips each), T frames, S crop pixels.
 
-Splitting. `plan.EpochPlan` fixes, for every (epoch, rank, batch j), which samples make the batch: ranks
+Splitting. `plan.EpochPlan` fixes, for every (epoch, rank, batch j), which samples make block j: ranks
 read disjoint contiguous ranges of the seeded epoch order, all of the same length, so every rank yields the
 same number of batches. Workers split a rank's batches round-robin (`dataset.ClipDataset`): worker w builds
 the stream's batches w, w + W, w + 2W, ... which is the order in which DataLoader collects from its workers,
 so batches arrive in stream order (each carries its position, and the loader checks it). Each batch is
 built whole in one worker (samples, decode, crop, masks) and travels as uint8.
 
-Resume. The data position is (epoch, batch j, step) and batch contents depend only on it, not on earlier
-batches or on the worker that builds them. A restored loader starts its stream at the saved position: the
-workers seek straight to their samples' tar members and never read or decode the batches before it. The
-worker count may even change between save and restore.
+Bad samples. Batch j holds the samples of block j that load: a sample that fails is skipped, logged and
+counted once, in its own block, and not replaced, so such a batch has fewer than `data.batch_size` clips.
+Replacing it would take a sample from a later block, which that block's worker (another process, building
+in parallel) cannot know without decoding this block itself; the batch would then depend on earlier
+batches' decode results, and resume and the worker split would no longer be exact. In exchange, within an
+epoch every sample of the rank's range is tried once and every loadable one is delivered at most once
+(exactly once with `data.drop_last=false`, whose last batch is the shorter remainder instead of a padded
+one); `stats()["skipped"]`, which feeds the trainer's `data_skipped` and `data.max_skip_fraction`, counts
+each bad sample once, whatever the batch size and the number of workers. A block whose samples all fail
+yields no batch with one rank (the epoch is then shorter than `len()`); with several ranks it yields one
+sample repeated from later in the epoch (logged), so that every rank still yields the same number of
+batches.
+
+Resume. The data position is (epoch, batch j, step: blocks done) and batch contents depend only on it, not
+on earlier batches or on the worker that builds them. A restored loader starts its stream at the saved
+position: the workers seek straight to their samples' tar members and never read or decode the batches
+before it. The worker count may even change between save and restore.
 """
 
 from __future__ import annotations
@@ -32,7 +45,7 @@ from data_pipelines.sources import load_sources
 __all__ = ["VideoLoader", "build_loader"]
 
 
-def _as_is(item: tuple[VideoBatch, BatchInfo]) -> tuple[VideoBatch, BatchInfo]:
+def _as_is(item: tuple[VideoBatch | None, BatchInfo]) -> tuple[VideoBatch | None, BatchInfo]:
     return item  # batches are assembled in the workers; DataLoader must not convert them
 
 
@@ -78,7 +91,8 @@ class VideoLoader:
         return self._normalized().epoch
 
     def __len__(self) -> int:
-        """Batches in the current epoch (the same on every rank)."""
+        """Blocks in the current epoch, the same on every rank: the batches it yields, except that with one
+        rank a block whose samples all fail yields none."""
         return self.dataset.plan(self.epoch).num_batches
 
     def __iter__(self) -> Iterator[VideoBatch]:
@@ -101,6 +115,8 @@ class VideoLoader:
                 self._position = Position(p.epoch, p.batch + 1, p.step + 1)
                 self._skips.merge(info.skips)
                 self._skips.check(self.cfg.max_skip_fraction, self.cfg.skip_check_min_samples)
+                if batch is None:  # every sample of the block failed (one rank): nothing to deliver
+                    continue
                 self._clips += batch.clips.shape[0]
                 yield batch
         finally:
@@ -201,9 +217,15 @@ def build_loader(
     )
     plan = dataset.plan(0)
     if plan.num_batches == 0:
+        fix = (
+            f"set data.drop_last=false (ranks then share samples) or use at most {plan.num_samples} ranks"
+            if plan.rank_samples == 0
+            else "set data.drop_last=false (the epoch is then one shorter batch) or a smaller "
+            f"data.batch_size (at most {plan.rank_samples * cfg.num_clips} with data.num_clips={cfg.num_clips})"
+        )
         raise ValueError(
-            f"data.batch_size: {plan.num_samples} samples give rank {rank} {plan.rank_samples} samples, "
-            f"fewer than one batch of {plan.videos_per_batch} videos"
+            f"data.batch_size: {plan.num_samples} samples give rank {rank} of {world_size} "
+            f"{plan.rank_samples}, fewer than one batch of {plan.videos_per_batch} videos; {fix}"
         )
     loader = VideoLoader(dataset)
     if state is not None:

@@ -11,12 +11,18 @@ V videos per batch.
 3. A shuffle buffer (seed, epoch, rank) reorders the rank's range: the same order a webdataset-style buffer
    of `shuffle_buffer` samples would give, but computed on sample references, so reads stay within a
    window of nearby shards and no sample has to be read to know the order.
-4. Batch j is positions [j V, (j + 1) V) of that order. A sample that fails to load is replaced by the
-   ones after the batch (wrapping around), so a batch's content never depends on earlier batches or on
-   which worker builds it. That makes resume exact: restart at (epoch, j) and read nothing before it.
+4. Block j is positions [j V, (j + 1) V) of that order; batch j holds the samples of block j that load.
+   A sample that fails is skipped and counted once, in its own block; it is not replaced by a sample of
+   another block, because which samples fail is known only once they are decoded, and a block that
+   borrowed from the next one would make that block depend on this one's decode results. So a batch's
+   content depends only on its position, never on earlier batches or on which worker builds it: resume
+   is exact (restart at (epoch, j) and read nothing before it), and within an epoch every sample of the
+   rank's range is tried exactly once and every loadable one delivered at most once.
 
-With drop_last=False the rank range and the last batch are padded by wrapping around (a few samples then
-appear twice per epoch; their keys tell).
+drop_last=True drops the rank's last R mod V positions (not tried that epoch). drop_last=False keeps them
+as a shorter last block, so every loadable sample of the rank's range is delivered exactly once; the rank
+range itself is padded by wrapping around when N is not divisible by the world size (those few samples
+are then read by two ranks).
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ def buffered_shuffle(items: np.ndarray, size: int, rng: np.random.Generator) -> 
 
 
 class EpochPlan:
-    """One epoch's sample order for one rank; batch contents are looked up by batch index."""
+    """One epoch's sample order for one rank; block contents are looked up by batch index."""
 
     def __init__(
         self,
@@ -112,10 +118,20 @@ class EpochPlan:
         unit = self.units[int(self.order_u[u])]
         return unit, unit.samples[position - first]
 
-    def candidates(self, batch: int) -> Iterator[tuple[Unit, SampleEntry]]:
-        """Batch `batch`'s V samples, then replacements for failed ones: the rank's following samples,
-        wrapping around, at most R in all."""
+    def block_size(self, batch: int) -> int:
+        """V, or fewer for a drop_last=False epoch's last block."""
+        return min(self.videos_per_batch, self.rank_samples - batch * self.videos_per_batch)
+
+    def block(self, batch: int) -> list[tuple[Unit, SampleEntry]]:
+        """Batch `batch`'s planned samples, in order."""
         order = self.rank_order
         first = batch * self.videos_per_batch
+        return [self.lookup(int(order[first + k])) for k in range(self.block_size(batch))]
+
+    def after(self, batch: int) -> Iterator[tuple[Unit, SampleEntry]]:
+        """The rank's samples after block `batch`, wrapping around, R in all (a repeat to deliver when a
+        whole block fails and the ranks' batch counts must stay equal)."""
+        order = self.rank_order
+        first = (batch + 1) * self.videos_per_batch
         for k in range(len(order)):
             yield self.lookup(int(order[(first + k) % len(order)]))
