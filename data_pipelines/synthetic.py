@@ -14,11 +14,16 @@ anywhere and still travel far. At size 64 (all distances scale with `size`):
 
 Every class also drifts up to 4 px and turns up to 15 degrees. Distractors (1-3 small blobs wandering at
 random) and a textured, slowly drifting background make single pixels and frame differences less trivial.
+
+Those are the defaults: `SceneParams` makes each of them configurable (the label set, displacements, turn,
+size change, object sizes and shapes, distractors, backgrounds), so a protocol can be checked on settings it
+was not tuned on. `SceneParams()` renders exactly the default videos.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import multiprocessing
 import time
@@ -31,7 +36,9 @@ from data_pipelines.encode import encode_video
 from data_pipelines.shard_writer import ShardWriter
 
 __all__ = [
+    "BACKGROUNDS",
     "CLASS_NAMES",
+    "SceneParams",
     "Trajectory",
     "object_trajectory",
     "render_scene",
@@ -60,6 +67,65 @@ _DIRECTION = {  # (dy, dx) in image coordinates, y pointing down
     "up_then_back": (-1.0, 0.0),
 }
 _SHAPES = ("ellipse", "rect", "triangle")
+BACKGROUNDS = ("noise", "stripes", "gradient", "flat")
+
+
+@dataclass(frozen=True)
+class SceneParams:
+    """How scenes are drawn. Distances are in pixels at size 64 (they scale with the rendered size); ranges
+    are (min, max), drawn uniformly. The defaults render the built-in dataset exactly as before.
+
+    `classes` names the label set in label order (a subset or reordering of CLASS_NAMES).
+    """
+
+    classes: tuple[str, ...] = tuple(CLASS_NAMES)
+    displacement: tuple[float, float] = (28.0, 48.0)  # move_*: travel over the clip
+    back_displacement: tuple[float, float] = (26.0, 36.0)  # *_then_back: distance out by mid-clip
+    rotation_deg: tuple[float, float] = (180.0, 300.0)  # rotate_*: total turn over the clip
+    scale_change: tuple[float, float] = (2.0, 2.5)  # grow / shrink: size factor over the clip
+    drift: float = 4.0  # every class: sideways wander up to this many px
+    spin: float = 0.25  # every class: turn up to this many radians
+    object_size: tuple[float, float] = (7.0, 12.0)  # half-length of the target along its long axis
+    object_aspect: tuple[float, float] = (0.45, 0.75)  # short / long half-length
+    shapes: tuple[str, ...] = _SHAPES
+    distractors: tuple[int, int] = (1, 3)  # count range, inclusive
+    distractor_size: tuple[float, float] = (2.5, 4.5)  # radius
+    distractor_wander: float = 5.0  # std of the distractors' path knots, px
+    backgrounds: tuple[str, ...] = BACKGROUNDS[:3]  # drawn uniformly; "flat" is one plain colour
+    background_drift: float = 6.0  # px over the clip
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first bad field."""
+        unknown = [c for c in self.classes if c not in CLASS_NAMES]
+        if not self.classes or unknown or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes: need distinct names from {CLASS_NAMES}, got {list(self.classes)}")
+        for name in (
+            "displacement",
+            "back_displacement",
+            "rotation_deg",
+            "scale_change",
+            "object_size",
+            "object_aspect",
+            "distractor_size",
+        ):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi:
+                raise ValueError(f"{name}: need 0 <= min <= max, got {getattr(self, name)}")
+        if self.scale_change[0] < 1.0 or self.object_size[0] <= 0 or self.object_aspect[0] <= 0:
+            raise ValueError("scale_change must be >= 1 and object_size, object_aspect > 0")
+        lo, hi = self.distractors
+        if not 0 <= lo <= hi:
+            raise ValueError(f"distractors: need 0 <= min <= max, got {self.distractors}")
+        for name, allowed in (("shapes", _SHAPES), ("backgrounds", BACKGROUNDS)):
+            value = getattr(self, name)
+            if not value or any(v not in allowed for v in value):
+                raise ValueError(f"{name}: need a non-empty subset of {allowed}, got {list(value)}")
+        for name in ("drift", "spin", "distractor_wander", "background_drift"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+
+
+DEFAULT_PARAMS = SceneParams()
 _GOP = 16
 _CRF = 18
 
@@ -73,32 +139,35 @@ class Trajectory:
     scale: np.ndarray  # [T] size relative to frame 0
 
 
-def object_trajectory(label: int, *, frames: int, size: int, rng: np.random.Generator) -> Trajectory:
-    """Sample the target's motion for class `label`; the pose at frame 0 is label-independent."""
-    if not 0 <= label < len(CLASS_NAMES):
-        raise ValueError(f"label must be in [0, {len(CLASS_NAMES)}), got {label}")
-    name, s = CLASS_NAMES[label], size / 64.0
+def object_trajectory(
+    label: int, *, frames: int, size: int, rng: np.random.Generator, params: SceneParams = DEFAULT_PARAMS
+) -> Trajectory:
+    """Sample the target's motion for class `label` (an index into `params.classes`); the pose at frame 0 is
+    label-independent."""
+    if not 0 <= label < len(params.classes):
+        raise ValueError(f"label must be in [0, {len(params.classes)}), got {label}")
+    name, s, p = params.classes[label], size / 64.0, params
     t = np.linspace(0.0, 1.0, frames)[:, None]  # [T, 1] clip progress
     center0 = rng.uniform(0.0, size, 2)
-    drift = rng.uniform(-4.0, 4.0, 2) * s  # small sideways wander shared by every class
+    drift = rng.uniform(-p.drift, p.drift, 2) * s  # small sideways wander shared by every class
     angle0 = rng.uniform(0.0, 2 * np.pi)
-    spin = rng.uniform(-0.25, 0.25)
+    spin = rng.uniform(-p.spin, p.spin)
     scale_end = rng.uniform(0.9, 1.1)
     offset = t * drift
     if name in ("move_right", "move_left", "move_down", "move_up"):
-        offset = offset + t * rng.uniform(28.0, 48.0) * s * np.array(_DIRECTION[name])
+        offset = offset + t * rng.uniform(*p.displacement) * s * np.array(_DIRECTION[name])
     elif name in ("right_then_back", "up_then_back"):
         half = (frames - 1) // 2  # the turn lands on a frame, so the peak is really shown
         out_and_back = (
             np.interp(np.arange(frames), [0, half, frames - 1], [0, 1, 0])[:, None] if half else 0 * t
         )
-        offset = offset + out_and_back * rng.uniform(26.0, 36.0) * s * np.array(_DIRECTION[name])
+        offset = offset + out_and_back * rng.uniform(*p.back_displacement) * s * np.array(_DIRECTION[name])
     elif name in ("rotate_cw", "rotate_ccw"):
-        spin = rng.uniform(np.pi, 5 * np.pi / 3) * (1.0 if name == "rotate_cw" else -1.0)
+        spin = np.deg2rad(rng.uniform(*p.rotation_deg)) * (1.0 if name == "rotate_cw" else -1.0)
     elif name == "grow":
-        scale_end = rng.uniform(2.0, 2.5)
+        scale_end = rng.uniform(*p.scale_change)
     elif name == "shrink":
-        scale_end = 1.0 / rng.uniform(2.0, 2.5)
+        scale_end = 1.0 / rng.uniform(*p.scale_change)
     t = t[:, 0]
     return Trajectory(center=center0 + offset, angle=angle0 + spin * t, scale=scale_end**t)
 
@@ -136,14 +205,21 @@ def _object_layers(
     return np.clip(f32(0.5) - sdf, f32(0.0), f32(1.0)), u > 0
 
 
-def _background(frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Noise, stripes or a gradient between two muted colours, drifting slowly: [3, T, H, W] float32."""
+def _background(
+    frames: int, size: int, rng: np.random.Generator, params: SceneParams = DEFAULT_PARAMS
+) -> np.ndarray:
+    """Noise, stripes or a gradient between two muted colours drifting slowly, or one flat colour:
+    [3, T, H, W] float32."""
     grid = np.arange(size, dtype=np.float64)
-    drift = rng.uniform(-6.0, 6.0, 2) * size / 64.0 * np.linspace(0, 1, frames)[:, None]  # [T, 2] (y, x) px
-    kind = rng.integers(3)
-    if kind == 0:  # smooth noise: a few random low-frequency waves
+    span = params.background_drift
+    drift = rng.uniform(-span, span, 2) * size / 64.0 * np.linspace(0, 1, frames)[:, None]  # [T, 2] (y, x) px
+    kind = params.backgrounds[int(rng.integers(len(params.backgrounds)))]
+    if kind == "flat":
+        colour = rng.uniform(30, 220, (3, 1, 1, 1)).astype(np.float32)
+        return np.broadcast_to(colour, (3, frames, size, size)).copy()
+    if kind == "noise":  # smooth noise: a few random low-frequency waves
         count, low, high = 6, 0.5, 3.0
-    elif kind == 1:  # stripes
+    elif kind == "stripes":
         count, low, high = 1, 3.0, 8.0
     else:  # gradient with a faint ripple
         count, low, high = 1, 0.3, 0.5
@@ -168,11 +244,15 @@ def _background(frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return c1 + value[None] * (c2 - c1)
 
 
-def _distractors(video: np.ndarray, size: int, rng: np.random.Generator) -> None:
-    """Paint 1-3 small blobs that wander along smooth random paths (no consistent direction)."""
+def _distractors(
+    video: np.ndarray, size: int, rng: np.random.Generator, params: SceneParams = DEFAULT_PARAMS
+) -> None:
+    """Paint a few (default 1-3) small blobs that wander along smooth random paths (no consistent
+    direction)."""
     frames, s = video.shape[1], size / 64.0  # video: [3, T, H, W] float32, painted in place
-    for _ in range(int(rng.integers(1, 4))):
-        knots = rng.normal(0.0, 5.0 * s, (4, 2))  # path through 4 random points, +-10 px
+    low, high = params.distractors
+    for _ in range(int(rng.integers(low, high + 1))):
+        knots = rng.normal(0.0, params.distractor_wander * s, (4, 2))  # path through 4 random points
         t = np.linspace(0, 3, frames)
         path = np.stack([np.interp(t, np.arange(4), knots[:, i]) for i in range(2)], axis=1)  # [T, 2]
         traj = Trajectory(
@@ -180,7 +260,7 @@ def _distractors(video: np.ndarray, size: int, rng: np.random.Generator) -> None
             angle=np.full(frames, rng.uniform(0, np.pi)),
             scale=np.ones(frames),
         )
-        a = rng.uniform(2.5, 4.5) * s
+        a = rng.uniform(*params.distractor_size) * s
         alpha, _ = _object_layers(traj, "ellipse", a, a * rng.uniform(0.6, 1.0), size)
         video += alpha[None] * (rng.uniform(0, 255, (3, 1, 1, 1)).astype(np.float32) - video)
 
@@ -192,16 +272,18 @@ class Scene:
     trajectory: Trajectory
 
 
-def render_scene(label: int, *, frames: int, size: int, rng: np.random.Generator) -> Scene:
+def render_scene(
+    label: int, *, frames: int, size: int, rng: np.random.Generator, params: SceneParams = DEFAULT_PARAMS
+) -> Scene:
     """Render one video of class `label` with its target mask and trajectory (for tests and inspection)."""
     if frames < 1 or size < 8:
         raise ValueError(f"need frames >= 1 and size >= 8, got frames={frames} size={size}")
-    traj = object_trajectory(label, frames=frames, size=size, rng=rng)
-    video = _background(frames, size, rng)  # [3, T, H, W]: channel-first keeps numpy's inner loops long
-    _distractors(video, size, rng)
-    kind = _SHAPES[int(rng.integers(len(_SHAPES)))]
-    a = rng.uniform(7.0, 12.0) * size / 64.0
-    b = a * rng.uniform(0.45, 0.75)
+    traj = object_trajectory(label, frames=frames, size=size, rng=rng, params=params)
+    video = _background(frames, size, rng, params)  # [3, T, H, W]: channel-first keeps numpy's loops long
+    _distractors(video, size, rng, params)
+    kind = params.shapes[int(rng.integers(len(params.shapes)))]
+    a = rng.uniform(*params.object_size) * size / 64.0
+    b = a * rng.uniform(*params.object_aspect)
     front = rng.uniform(0, 255, (3, 1, 1, 1)).astype(np.float32)
     back = 255.0 - front  # complementary halves make the orientation (and rotation) visible
     alpha, front_half = _object_layers(traj, kind, a, b, size)
@@ -213,21 +295,22 @@ def render_scene(label: int, *, frames: int, size: int, rng: np.random.Generator
     )
 
 
-def render_video(label: int, *, frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+def render_video(
+    label: int, *, frames: int, size: int, rng: np.random.Generator, params: SceneParams = DEFAULT_PARAMS
+) -> np.ndarray:
     """One [T, H, W, 3] uint8 RGB video of class `label` (see the module docstring for the classes)."""
-    return render_scene(label, frames=frames, size=size, rng=rng).video
+    return render_scene(label, frames=frames, size=size, rng=rng, params=params).video
 
 
-def _make_sample(job: tuple[str, int, int, int, int, int, int, float]) -> tuple[str, bytes, dict]:
+def _make_sample(job: tuple) -> tuple[str, bytes, dict]:
     """Worker: render and encode one video; its RNG depends only on (seed, split, index)."""
-    split, split_id, index, label, frames, size, seed, fps = job
+    split, split_id, index, label, frames, size, seed, fps, params = job
     rng = np.random.default_rng([seed, split_id, index])
-    data = encode_video(
-        render_video(label, frames=frames, size=size, rng=rng), fps=fps, gop=_GOP, crf=_CRF, threads=1
-    )
+    video = render_video(label, frames=frames, size=size, rng=rng, params=params)
+    data = encode_video(video, fps=fps, gop=_GOP, crf=_CRF, threads=1)
     meta = {
         "label": label,
-        "class": CLASS_NAMES[label],
+        "class": params.classes[label],
         "fps": fps,
         "frames": frames,
         "height": size,
@@ -237,10 +320,19 @@ def _make_sample(job: tuple[str, int, int, int, int, int, int, float]) -> tuple[
 
 
 def _split_jobs(
-    split: str, split_id: int, n: int, *, classes: int, frames: int, size: int, seed: int, fps: float
+    split: str,
+    split_id: int,
+    n: int,
+    *,
+    classes: int,
+    frames: int,
+    size: int,
+    seed: int,
+    fps: float,
+    params: SceneParams,
 ) -> list[tuple]:
     labels = np.random.default_rng([seed, split_id]).permutation(np.arange(n) % classes)  # balanced
-    return [(split, split_id, i, int(labels[i]), frames, size, seed, fps) for i in range(n)]
+    return [(split, split_id, i, int(labels[i]), frames, size, seed, fps, params) for i in range(n)]
 
 
 def write_synthetic_dataset(
@@ -255,15 +347,19 @@ def write_synthetic_dataset(
     seed: int = 0,
     shard_size: int = 100,
     workers: int = 2,
+    params: SceneParams | None = None,
 ) -> dict:
     """Write `out/train/shard-*.tar`, `out/val/shard-*.tar`, `out/classes.json` and `out/summary.json`.
 
     Each sample is `KEY.mp4` (H.264, keyframe every 16 frames) + `KEY.json` {label, class, fps, frames,
-    height, width}. Labels are balanced; `val_videos` defaults to 25% of `videos`. The output depends only on
-    the arguments (not on `workers`).
+    height, width}. Labels are balanced over the first `classes` names of `params.classes` (default: the
+    built-in scenes, CLASS_NAMES); `val_videos` defaults to 25% of `videos`. The output depends only on the
+    arguments (not on `workers`).
     """
-    if not 1 <= classes <= len(CLASS_NAMES):
-        raise ValueError(f"classes must be in [1, {len(CLASS_NAMES)}], got {classes}")
+    params = DEFAULT_PARAMS if params is None else params
+    params.validate()
+    if not 1 <= classes <= len(params.classes):
+        raise ValueError(f"classes must be in [1, {len(params.classes)}], got {classes}")
     if size < 8 or size % 2:
         raise ValueError(f"size must be an even number >= 8 (yuv420p), got {size}")
     if videos < 1 or frames < 1:
@@ -275,10 +371,13 @@ def write_synthetic_dataset(
     out = Path(out)
     common = dict(classes=classes, frames=frames, size=size, seed=seed, fps=float(fps))
     splits = {
-        "train": _split_jobs("train", 0, videos, **common),
-        "val": _split_jobs("val", 1, val_videos, **common),
+        "train": _split_jobs("train", 0, videos, **common, params=params),
+        "val": _split_jobs("val", 1, val_videos, **common, params=params),
     }
-    summary: dict = {"out": str(out), **common, "class_names": CLASS_NAMES[:classes]}
+    names = list(params.classes[:classes])
+    summary: dict = {"out": str(out), **common, "class_names": names}
+    if params != DEFAULT_PARAMS:
+        summary["params"] = json.loads(json.dumps(dataclasses.asdict(params)))  # lists, as written
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else contextlib.nullcontext()
     with pool:  # a real pool is terminated on exit, also when a worker raised
         for split, jobs in splits.items():
@@ -288,6 +387,6 @@ def write_synthetic_dataset(
                     writer.write(key, data, ext="mp4", meta=meta)
             summary[split] = {"videos": writer.samples, "shards": len(writer.shards)}
     summary["seconds"] = round(time.perf_counter() - start, 3)
-    (out / "classes.json").write_text(json.dumps(CLASS_NAMES[:classes], indent=1))
+    (out / "classes.json").write_text(json.dumps(names, indent=1))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

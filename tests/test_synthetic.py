@@ -12,6 +12,7 @@ import pytest
 
 from data_pipelines.synthetic import (
     CLASS_NAMES,
+    SceneParams,
     object_trajectory,
     render_scene,
     render_video,
@@ -198,3 +199,106 @@ def test_cli_synth(tmp_path, capsys):
     summary = json.loads(lines[-1])
     assert summary["train"]["videos"] == 4 and summary["val"]["videos"] == 1
     assert (out / "train" / "shard-000000.tar").is_file()
+
+
+# ----------------------------------------------------------------------------- configurable scenes (SceneParams)
+
+# Pixel sums of render_video(k, frames=8, size=32, rng=default_rng([5, k])) as rendered before the scene
+# parameters existed: the defaults must keep rendering the same videos. A tolerance of a few units absorbs
+# last-bit differences of vectorised sin/exp between CPUs; a changed random draw moves a sum by thousands.
+DEFAULT_PIXEL_SUMS = [
+    2094877,
+    2630021,
+    3469829,
+    4368848,
+    2420035,
+    3633674,
+    3221877,
+    2865742,
+    3356170,
+    3217567,
+]
+
+
+def test_default_params_reproduce_the_videos_rendered_before_they_existed():
+    for k, expected in enumerate(DEFAULT_PIXEL_SUMS):
+        video = render_video(k, frames=8, size=32, rng=np.random.default_rng([5, k]))
+        assert abs(int(video.astype(np.int64).sum()) - expected) <= 64, CLASS_NAMES[k]
+        explicit = render_video(k, frames=8, size=32, rng=np.random.default_rng([5, k]), params=SceneParams())
+        assert np.array_equal(video, explicit)
+
+
+def test_params_render_deterministically_and_differ_from_the_defaults():
+    params = SceneParams(
+        classes=("move_up", "grow"),
+        object_size=(4.0, 6.0),
+        distractors=(0, 0),
+        backgrounds=("flat",),
+        displacement=(40.0, 50.0),
+    )
+    params.validate()
+    a = render_video(0, frames=8, size=32, rng=np.random.default_rng(3), params=params)
+    b = render_video(0, frames=8, size=32, rng=np.random.default_rng(3), params=params)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, render_video(0, frames=8, size=32, rng=np.random.default_rng(3)))
+    with pytest.raises(ValueError, match="label"):
+        render_video(2, frames=8, size=32, rng=np.random.default_rng(3), params=params)
+
+
+def test_params_change_what_they_name():
+    rng = np.random.default_rng
+    # labels index params.classes: label 0 is now move_up
+    traj = object_trajectory(
+        0, frames=FRAMES, size=SIZE, rng=rng(1), params=SceneParams(classes=("move_up",))
+    )
+    assert traj.center[-1, 0] - traj.center[0, 0] < -20
+    # displacement scales the travel
+    far = SceneParams(displacement=(80.0, 80.0), drift=0.0)
+    traj = object_trajectory(0, frames=FRAMES, size=SIZE, rng=rng(1), params=far)
+    assert traj.center[-1, 1] - traj.center[0, 1] == pytest.approx(80.0)
+    # a flat background without distractors leaves only the target off the background colour
+    plain = SceneParams(backgrounds=("flat",), distractors=(0, 0))
+    scene = render_scene(0, frames=4, size=SIZE, rng=rng(2), params=plain)
+    outside = scene.video[scene.target_alpha == 0]  # [M, 3] pixels the target does not touch
+    assert (outside == outside[0]).all()
+    # object size sets the target's area
+    small = render_scene(0, frames=4, size=SIZE, rng=rng(2), params=SceneParams(object_size=(3.0, 3.0)))
+    large = render_scene(0, frames=4, size=SIZE, rng=rng(2), params=SceneParams(object_size=(14.0, 14.0)))
+    assert large.target_alpha[0].sum() > 10 * small.target_alpha[0].sum()
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        (dict(classes=("jump",)), "classes"),
+        (dict(classes=()), "classes"),
+        (dict(classes=("grow", "grow")), "classes"),
+        (dict(displacement=(30.0, 10.0)), "displacement"),
+        (dict(distractors=(-1, 2)), "distractors"),
+        (dict(backgrounds=("plaid",)), "backgrounds"),
+        (dict(shapes=()), "shapes"),
+        (dict(scale_change=(0.5, 2.0)), "scale_change"),
+        (dict(drift=-1.0), "drift"),
+    ],
+)
+def test_params_validate_names_the_bad_field(kwargs, key):
+    with pytest.raises(ValueError, match=key):
+        SceneParams(**kwargs).validate()
+
+
+def test_write_dataset_with_params_names_its_classes(tmp_path):
+    params = SceneParams(classes=("move_left", "rotate_cw", "shrink"), backgrounds=("flat", "stripes"))
+    summary = write_synthetic_dataset(
+        tmp_path, videos=3, val_videos=0, frames=4, size=32, classes=3, workers=1, params=params
+    )
+    assert json.loads((tmp_path / "classes.json").read_text()) == ["move_left", "rotate_cw", "shrink"]
+    assert summary["class_names"] == ["move_left", "rotate_cw", "shrink"]
+    assert summary["params"]["backgrounds"] == ["flat", "stripes"]
+    metas = [
+        json.loads(data)
+        for name, data in read_tar(tmp_path / "train" / "shard-000000.tar")
+        if name.endswith(".json")
+    ]
+    assert sorted(m["class"] for m in metas) == ["move_left", "rotate_cw", "shrink"]
+    with pytest.raises(ValueError, match="classes"):
+        write_synthetic_dataset(tmp_path / "x", videos=2, classes=4, workers=1, params=params)
