@@ -579,3 +579,20 @@ def test_grid_coords_match_the_reference_token_order():
     ids = torch.arange(2 * 3 * 4)
     ref = torch.stack([ids // 12, (ids % 12) // 4, ids % 4], dim=1)
     assert torch.equal(grid_coords((2, 3, 4)), ref)
+
+
+def test_grids_and_sizes_of_the_published_files():
+    from vjepa.models.official import infer_grid
+    from vjepa.models.registry import find_size
+
+    # V-JEPA 1 at 16 x 224 and 16 x 384 (V-JEPA 2 files hold no table), and the tiny test clips
+    for tokens, grid in ((1568, (8, 14, 14)), (4608, (8, 24, 24)), (8, (2, 2, 2)), (18, (2, 3, 3))):
+        assert infer_grid(tokens, what="x") == grid
+    assert find_size(width=1024, depth=24, mlp_hidden=4096) == "vit_large"
+    # 22 heads: the published vit_giant_xformers that V-JEPA 2's ViT-g uses
+    assert find_size(width=1408, depth=40, mlp_hidden=6144) == "vit_giant"
+    # 16 heads, and the MLP ratio 4 that their misspelt argument leaves in effect
+    assert find_size(width=1664, depth=48, mlp_hidden=6656) == "vit_gigantic"
+    assert find_size(width=1664, depth=48, mlp_hidden=6656, heads=26) == "vit_gigantic_xformers"
+    big = vjepa.build_encoder("vit_gigantic", frames=16, crop=256, pos_embed="rope", device="meta")
+    assert big.blocks[0].mlp.fc1.weight.shape == (6656, 1664) and big.blocks[0].attn.heads == 16

@@ -22,6 +22,7 @@ Shape legend: D encoder width, P predictor width, N tokens, Tp/Hp/Wp token grid.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,7 @@ PREFIXES = ("module.", "backbone.")  # DDP's and MultiMaskWrapper's, in any nest
 VJEPA2_CLIP = (64, 256)  # frames, crop: the published V-JEPA 2 pretraining clip (no grid in a RoPE file)
 VJEPA2_PRED_HEADS = 12  # every published V-JEPA 2 predictor
 VJEPA1_FRAME_STEP = 4
+VJEPA1_TP = 8  # 16 frames / tubelet 2: every published V-JEPA 1 checkpoint
 
 
 def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -142,9 +144,14 @@ def predictor_shape(state: dict[str, torch.Tensor], what: str) -> PredictorShape
 
 
 def infer_grid(tokens: int, *, what: str) -> tuple[int, int, int]:
-    """(Tp, Hp, Hp) for a table of `tokens` rows: the largest square Hp with Tp >= Hp / 3 (16 x 224 at
-    patch 16 -> 8 x 14 x 14, 16 x 384 -> 8 x 24 x 24, 64 x 256 -> 32 x 16 x 16, never 2 x 28 x 28)."""
-    for hp in range(int(tokens**0.5), 0, -1):
+    """(Tp, Hp, Hp) for a table of `tokens` rows. N = Tp * Hp^2 has several solutions, so the published
+    V-JEPA 1 clip length (16 frames: Tp = 8, with Hp >= 8) is tried first (1568 -> 8 x 14 x 14, 4608 ->
+    8 x 24 x 24), then the largest square Hp with Tp >= Hp / 3. Only the default clip depends on it: any
+    frames x crop loads."""
+    hp = math.isqrt(tokens // VJEPA1_TP) if tokens % VJEPA1_TP == 0 else 0
+    if hp >= VJEPA1_TP and VJEPA1_TP * hp * hp == tokens:
+        return VJEPA1_TP, hp, hp
+    for hp in range(math.isqrt(tokens), 0, -1):
         if tokens % (hp * hp) == 0 and 3 * (tokens // (hp * hp)) >= hp:
             return tokens // (hp * hp), hp, hp
     raise ValueError(f"{what}: cannot infer a token grid from a position table of {tokens} rows")
@@ -160,6 +167,31 @@ def _check_sincos(table: torch.Tensor, width: int, grid: tuple[int, int, int], w
             f"{what}: {key} is not the 3D sin-cos table (uniform power) of grid {grid}; learned or other "
             "tables are not supported (a stale table in a RoPE file: pass pos_embed='rope')"
         )
+
+
+def _predictor_config(
+    parts: dict[str, Any],
+    model: dict[str, Any],
+    *,
+    grid: tuple[int, int, int] | None,
+    pred_heads: int | None,
+    what: str,
+) -> str | None:
+    """Adds the predictor's pred_width/pred_depth/pred_heads to `model`; a predictor of another kind (e.g.
+    V-JEPA 2-AC's, no mask tokens) is dropped so that the encoders still load -> the reason, or None."""
+    if "predictor" not in parts:
+        return None
+    try:
+        pred = predictor_shape(parts["predictor"], f"{what}: 'predictor'")
+    except ValueError as err:
+        del parts["predictor"]
+        return str(err)
+    default_heads = VJEPA2_PRED_HEADS if model["pos_embed"] == "rope" else get_size(model["name"]).heads
+    model.update(pred_width=pred.width, pred_depth=pred.depth, pred_heads=pred_heads or default_heads)
+    if pred.has_table and grid is not None:
+        table = parts["predictor"]["predictor_pos_embed"]
+        _check_sincos(table, pred.width, grid, f"{what}: 'predictor'", "predictor_pos_embed")
+    return None
 
 
 def translate_official(
@@ -190,7 +222,7 @@ def translate_official(
                 _check_sincos(parts[key]["pos_embed"], shape.width, grid, f"{what}: '{key}'", "pos_embed")
         frames, crop = grid[0] * shape.tubelet, grid[1] * shape.patch
     else:
-        frames, crop = VJEPA2_CLIP
+        grid, (frames, crop) = None, VJEPA2_CLIP
         for key in ("encoder", "target_encoder"):  # a stale table has no role under RoPE
             parts.get(key, {}).pop("pos_embed", None)
         if "predictor" in parts:
@@ -202,19 +234,7 @@ def translate_official(
         "pos_embed": kind,
         "rope_layout": "vjepa2" if kind == "rope" else "half",
     }
-    predictor_note = None
-    if "predictor" in parts:
-        try:
-            pred = predictor_shape(parts["predictor"], f"{what}: 'predictor'")
-        except ValueError as err:  # another predictor (e.g. V-JEPA 2-AC's): the encoders still load
-            predictor_note, pred = str(err), None
-            del parts["predictor"]
-        if pred is not None:
-            default_heads = VJEPA2_PRED_HEADS if kind == "rope" else get_size(name).heads
-            model.update(pred_width=pred.width, pred_depth=pred.depth, pred_heads=pred_heads or default_heads)
-            if pred.has_table and kind == "sincos":
-                table = parts["predictor"]["predictor_pos_embed"]
-                _check_sincos(table, pred.width, grid, f"{what}: 'predictor'", "predictor_pos_embed")
+    predictor_note = _predictor_config(parts, model, grid=grid, pred_heads=pred_heads, what=what)
     config = {
         "model": model,
         "data": {"frames_per_clip": frames, "crop_size": crop, "frame_step": VJEPA1_FRAME_STEP},
