@@ -421,6 +421,10 @@ def test_safetensors_round_trip(tmp_path, v2):
         )
     torch_file = tmp_path / "model.pt"
     assert main(["export", "--checkpoint", str(out), "--out", str(torch_file)]) == 0  # and back to torch
+    from vjepa.pretrained import describe
+
+    info = describe(torch_file)
+    assert info["format"] == "vjepa export (torch)" and info["converted_from"] == "official V-JEPA 2"
     assert torch.equal(
         read_pretrained(torch_file)["predictor"]["mask_tokens.9"], orig["predictor"]["mask_tokens.9"]
     )

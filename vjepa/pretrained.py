@@ -22,7 +22,7 @@ from vjepa.models.builder import build_encoder, build_predictor
 from vjepa.models.encoder import VisionTransformer3D
 from vjepa.models.predictor import Predictor
 from vjepa.models.registry import get_size
-from vjepa.models.weights import load_weights, read_model_file
+from vjepa.models.weights import SAFETENSORS_SUFFIX, load_weights, read_model_file
 
 __all__ = ["check_architecture", "load_encoder", "load_predictor", "read_pretrained", "state_config"]
 
@@ -191,7 +191,7 @@ def describe(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         folder = resolve_checkpoint(path)
         form = "vjepa checkpoint (DeepSpeed)" if (folder / DEEPSPEED_TAG).is_dir() else "vjepa checkpoint"
-    elif path.suffix == ".safetensors":
+    elif path.suffix == SAFETENSORS_SUFFIX:
         form = "vjepa export (safetensors)"
     else:
         form = state.get("source", {}).get("format", "vjepa export (torch)")
@@ -232,6 +232,8 @@ def describe(path: str | Path) -> dict[str, Any]:
             "heads": m.pred_heads,
             "mask_tokens": masks,
         }
+    if "converted_from" in state.get("source", {}):
+        out["converted_from"] = state["source"]["converted_from"]
     if "predictor" in state.get("source", {}):
         out["predictor_note"] = state["source"]["predictor"]
     return out

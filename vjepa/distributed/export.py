@@ -92,6 +92,11 @@ def save_model_file(state: dict[str, Any], out: str | Path, *, format: ExportFor
         raise ValueError(f"--format: must be one of {EXPORT_FORMATS}, got {format!r}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if "source" in state:  # a translated official file: say what it was converted from
+        source = state["source"]
+        converted = {**source, "format": f"vjepa export ({format})"}
+        converted["converted_from"] = source.get("converted_from", source["format"])
+        state = {**state, "source": converted}
     if format == "torch":
         atomic_torch_save(state, out)
         return out

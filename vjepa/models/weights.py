@@ -86,7 +86,10 @@ def read_safetensors(path: str | Path, *, what: str) -> dict[str, Any]:
         if part not in state or not name:
             raise ValueError(f"{what}: {path} holds an unexpected tensor {key!r}")
         state[part][name] = tensor
-    return {**state, "config": json.loads(meta["config"])}
+    state["config"] = json.loads(meta["config"])
+    if "source" in meta:  # converted from an official file
+        state["source"] = json.loads(meta["source"])
+    return state
 
 
 def read_model_file(
