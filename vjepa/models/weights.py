@@ -36,9 +36,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SAFETENSORS_SUFFIX = ".safetensors"
-SAFETENSORS_FORMAT = (
-    "vjepa-model"  # metadata["format"] of the files `vjepa export --format safetensors` writes
-)
+# metadata["format"] of the files `vjepa export --format safetensors` writes
+SAFETENSORS_FORMAT = "vjepa-model"
 MODEL_PARTS = ("encoder", "predictor", "target_encoder")
 _MASK_TOKEN = re.compile(r"mask_tokens\.(\d+)")
 
@@ -72,7 +71,7 @@ def read_safetensors(path: str | Path, *, what: str) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            flat = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is no mapping)
+            flat = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{what}: {path} is not a readable safetensors file ({err})") from err
     if meta.get("format") != SAFETENSORS_FORMAT or "config" not in meta:
@@ -118,7 +117,7 @@ def read_model_file(
     keys = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
     raise ValueError(
         f"{what}: {path} is neither an exported model file (encoder, target_encoder, config) nor an official "
-        f"V-JEPA checkpoint (encoder, target_encoder, predictor); it holds {keys}"
+        f"V-JEPA checkpoint (encoder, target_encoder, predictor, no config); it holds {keys}"
     )
 
 
