@@ -150,7 +150,7 @@ class ClipDataset(IterableDataset):
     def __iter__(self) -> Iterator[tuple[VideoBatch | None, BatchInfo]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        reader = SampleReader()
+        reader = SampleReader(timeout_s=self.cfg.decode_timeout_s)
         decoder = VideoDecoder(self.cfg.decoder, timeout_s=self.cfg.decode_timeout_s)
         local = SkipStats()  # this worker's tries, for an early stop before the main process sees them
         mine, ahead = itertools.tee(p for i, p in enumerate(self.stream()) if i % workers == worker)

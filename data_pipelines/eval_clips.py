@@ -122,7 +122,7 @@ class EvalVideos(Dataset):
     def __getitem__(self, index: int) -> EvalVideo | Skipped:
         unit, entry = self.samples[index]
         if self._reader is None or self._decoder is None:
-            self._reader = SampleReader()
+            self._reader = SampleReader(timeout_s=self.spec.decode_timeout_s)
             self._decoder = VideoDecoder(self.spec.decoder, timeout_s=self.spec.decode_timeout_s)
         try:
             raw = self._reader.read(unit, entry)

@@ -11,7 +11,16 @@ Shards are indexed once, reading only the 512-byte member headers, into `Unit`s 
 byte offset and size. That gives the exact sample count up front (equal batch counts on every rank), and
 lets a reader fetch any sample with one seek: splitting at sample level and resuming mid-shard never read
 the members before it. The cost is that shards must be seekable files (local disk or a mounted file
-system), not pipes or URLs.
+system), not pipes or URLs. A shard too short to hold one tar header (a 0-byte leftover of a killed
+writer) is skipped with a warning; so are the members after the point where a truncated shard is damaged,
+and a member cut off by the truncation is a bad sample reported as cut off.
+
+A single video file given as a source is a one-video source (kind 'auto'; kind 'csv' refuses it).
+
+Reads are bounded: with `timeout_s`, `SampleReader` reads on a helper thread (`timeout.TimeoutRunner`) and
+a read that takes longer (a stalled network mount) is a bad sample (`ReadTimeoutError`); a path that is
+not a regular file (a named pipe, a device) is refused before it is read, since reading one can block
+forever.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import json
 import logging
 import os
 import re
+import stat
 import tarfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -29,11 +39,14 @@ from typing import BinaryIO
 
 from data_pipelines.bad_samples import BadSampleError
 from data_pipelines.config import SourceConfig
+from data_pipelines.timeout import CallTimedOut, TimeoutRunner
 
 __all__ = [
     "VIDEO_EXTENSIONS",
+    "HungReadsError",
     "Member",
     "RawSample",
+    "ReadTimeoutError",
     "SampleEntry",
     "SampleReader",
     "Source",
@@ -51,6 +64,16 @@ _VIDEO_EXTS = {ext.lstrip(".") for ext in VIDEO_EXTENSIONS}
 _MEMBER_NAME = re.compile(r"^((?:.*/|)[^./][^.]*)\.([^/]+)$")  # webdataset's key.ext split
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _GLOB_CHARS = set("*?[")
+_TAR_BLOCK = 512  # a shard shorter than one header block holds no member
+MAX_ABANDONED_READS = 4
+
+
+class ReadTimeoutError(BadSampleError):
+    """Reading one sample's bytes took longer than the bound (a stalled mount)."""
+
+
+class HungReadsError(RuntimeError):
+    """Several reads hung past the bound; their threads are stuck, so the process starts no more."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +130,14 @@ class RawSample:
 def read_csv_list(csv_path: Path) -> list[tuple[Path, int]]:
     """`path label` lines, space-separated, no header; label = last token (paths may contain spaces);
     relative paths are relative to the CSV's folder."""
+    if csv_path.suffix.lower() in VIDEO_EXTENSIONS:
+        raise ValueError(f"{csv_path}: a video file, not a CSV list of 'path label' lines")
+    try:
+        text = csv_path.read_text()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{csv_path}: not a text CSV list of 'path label' lines ({err})") from None
     items = []
-    for lineno, line in enumerate(csv_path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -217,6 +246,13 @@ def index_tar(path: str, key: str) -> Unit:
     shard_name = Path(path).name.removesuffix(".tar")
     size = os.path.getsize(path)
     groups: dict[str, dict[str, Member]] = {}
+    if size < _TAR_BLOCK:
+        log.warning(
+            "shard %s holds %d bytes, not one tar header (a killed writer's leftover?); skipping it",
+            path,
+            size,
+        )
+        return Unit(shard=path, tar=path, samples=[])
     try:
         tar = tarfile.open(path, mode="r:")
     except (tarfile.TarError, OSError) as err:
@@ -227,9 +263,8 @@ def index_tar(path: str, key: str) -> Unit:
                 split = _split_name(info.name) if info.isfile() else None
                 if split is None:
                     continue
-                members = groups.setdefault(split[0], {})
-                if info.offset_data + info.size <= size:  # a cut-off member stays out (counted when read)
-                    members[split[1]] = Member(info.offset_data, info.size)
+                # a member cut off by truncation stays in: reading it reports it as cut off
+                groups.setdefault(split[0], {})[split[1]] = Member(info.offset_data, info.size)
         except tarfile.TarError as err:
             log.warning("shard %s is damaged after %d samples (%s); reading those", path, len(groups), err)
     entries = [_entry_from_members(shard_name, k, members) for k, members in groups.items()]
@@ -251,10 +286,17 @@ def load_source(cfg: SourceConfig, key: str) -> Source:
     kind = _resolve_kind(cfg)
     if kind == "shards":
         units = [index_tar(p, f"{key}.path") for p in shard_paths(cfg.path, f"{key}.path")]
+        units = [u for u in units if u.samples]
     elif kind == "csv":
         if not os.path.isfile(cfg.path):
             raise ValueError(f"{key}.path: CSV list {cfg.path!r} does not exist")
-        units = _file_units(read_csv_list(Path(cfg.path)), cfg.path, None)
+        if cfg.kind == "auto" and Path(cfg.path).suffix.lower() in VIDEO_EXTENSIONS:
+            units = _file_units([(Path(cfg.path), -1)], cfg.path, None)  # one video, no label
+        else:
+            try:
+                units = _file_units(read_csv_list(Path(cfg.path)), cfg.path, None)
+            except ValueError as err:
+                raise ValueError(f"{key}.path: {err}") from None
     else:
         if not os.path.isdir(cfg.path):
             raise ValueError(f"{key}.path: folder {cfg.path!r} does not exist")
@@ -287,12 +329,27 @@ def _parse_label(data: bytes, fmt: str) -> int:
     return label if isinstance(label, int) and not isinstance(label, bool) else -1
 
 
-class SampleReader:
-    """Reads samples' bytes, keeping a few shards open (one reader per worker process)."""
+def _read_file(path: str) -> bytes:
+    """A plain video file's bytes; a path that is not a regular file is refused unread (opened without
+    blocking: opening a named pipe for reading otherwise waits for a writer)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a named pipe" if stat.S_ISFIFO(mode) else "not a regular file"
+            raise BadSampleError(f"{path} is {kind}, not a video file")
+        return f.read()
 
-    def __init__(self, max_open: int = 16) -> None:
+
+class SampleReader:
+    """Reads samples' bytes, keeping a few shards open (one reader per worker process). With `timeout_s`
+    > 0 each sample's read runs on a helper thread and is given up after `timeout_s` seconds."""
+
+    def __init__(self, max_open: int = 16, *, timeout_s: float = 0.0) -> None:
         self.max_open = max_open
+        self.timeout_s = timeout_s
         self._files: OrderedDict[str, BinaryIO] = OrderedDict()
+        self._runner = TimeoutRunner("sample-read")
 
     def _read(self, tar: str, member: Member) -> bytes:
         f = self._files.pop(tar, None)
@@ -304,16 +361,17 @@ class SampleReader:
         f.seek(member.offset)
         data = f.read(member.size)
         if len(data) != member.size:
-            raise BadSampleError(f"member cut off: {len(data)} of {member.size} bytes")
+            raise BadSampleError(
+                f"member cut off by the shard's truncation: {len(data)} of {member.size} bytes in the file"
+            )
         return data
 
-    def read(self, unit: Unit, entry: SampleEntry) -> RawSample:
-        """The sample's video bytes and label; BadSampleError if they cannot be read."""
+    def _read_sample(self, unit: Unit, entry: SampleEntry) -> RawSample:
         if entry.video is None:
             raise BadSampleError(f"no video member (members: {entry.members or 'none'})")
         try:
             if isinstance(entry.video, str):
-                data = Path(entry.video).read_bytes()
+                data = _read_file(entry.video)
             else:
                 assert unit.tar is not None
                 data = self._read(unit.tar, entry.video)
@@ -324,6 +382,23 @@ class SampleReader:
         except OSError as err:
             raise BadSampleError(f"cannot read: {err}") from err
         return RawSample(key=entry.key, shard=unit.shard, data=data, label=label)
+
+    def read(self, unit: Unit, entry: SampleEntry) -> RawSample:
+        """The sample's video bytes and label; BadSampleError if they cannot be read (ReadTimeoutError
+        past the bound)."""
+        if self.timeout_s <= 0:
+            return self._read_sample(unit, entry)
+        if self._runner.abandoned >= MAX_ABANDONED_READS:
+            raise HungReadsError(
+                f"{self._runner.abandoned} sample reads hung past data.decode_timeout_s={self.timeout_s}; "
+                "their threads are stuck in the file system, refusing to start more (check the mounts)"
+            )
+        try:
+            return self._runner(lambda: self._read_sample(unit, entry), self.timeout_s)
+        except CallTimedOut:
+            if unit.tar is not None:  # its stuck thread holds the file's lock: open it afresh next time
+                self._files.pop(unit.tar, None)
+            raise ReadTimeoutError(f"reading took longer than {self.timeout_s} s") from None
 
     def close(self) -> None:
         while self._files:

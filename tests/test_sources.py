@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from conftest import write_sample_folder
 
+from data_pipelines import sources
+from data_pipelines.bad_samples import BadSampleError
 from data_pipelines.config import SourceConfig
 from data_pipelines.loader import build_loader
 from data_pipelines.plan import EpochPlan
-from data_pipelines.sources import expand_braces, load_source, shard_paths
+from data_pipelines.sources import Member, expand_braces, load_source, shard_paths
 
 
 def _keys_and_labels(loader) -> dict[str, int]:
@@ -106,3 +113,88 @@ def test_reading_sources_and_the_cli_do_not_load_pyav(code: str) -> None:
     check = f"{code}\nimport sys\nassert 'av' not in sys.modules, 'PyAV was imported'"
     run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_a_named_pipe_in_a_csv_list_is_skipped_not_waited_for(
+    tmp_path: Path, numbered_mp4: bytes, data_config, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reading a FIFO blocks until a writer opens it; it used to hang the worker forever."""
+    for i in range(3):
+        (tmp_path / f"a{i}.mp4").write_bytes(numbered_mp4)
+    os.mkfifo(tmp_path / "pipe.mp4")
+    (tmp_path / "list.csv").write_text("a0.mp4 0\npipe.mp4 1\na1.mp4 2\na2.mp4 3\n")
+    cfg = data_config(tmp_path / "list.csv", batch_size=2, drop_last=False, max_skip_fraction=1.0)
+    start = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="data_pipelines.dataset"):
+        loader = build_loader(cfg, mask_generator=None, seed=0)
+        keys = sorted(k for b in loader for k in b.keys)
+    assert time.perf_counter() - start < 10
+    assert keys == [str(tmp_path / f"a{i}.mp4") for i in range(3)]
+    assert loader.stats()["skipped"] == 1 and "named pipe" in caplog.text
+
+
+def test_a_read_that_stalls_is_given_up_after_the_bound(
+    tmp_path: Path, numbered_mp4: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stalled mount: the read (not only the decode) is bounded, and a stuck read's shard is reopened."""
+    (tmp_path / "a.mp4").write_bytes(numbered_mp4)
+    (tmp_path / "list.csv").write_text("a.mp4 0\n")
+    source = load_source(SourceConfig(path=str(tmp_path / "list.csv")), "s")
+    unit, entry = source.units[0], source.units[0].samples[0]
+    stall = threading.Event()
+    real = sources._read_file
+    monkeypatch.setattr(sources, "_read_file", lambda path: stall.wait(20) and real(path))
+    reader = sources.SampleReader(timeout_s=0.3)
+    start = time.perf_counter()
+    with pytest.raises(sources.ReadTimeoutError, match="longer than 0.3 s"):
+        reader.read(unit, entry)
+    assert time.perf_counter() - start < 5
+    stall.set()  # the stuck thread finishes; the reader reads on with a fresh one
+    assert reader.read(unit, entry).data == numbered_mp4
+
+
+def test_a_zero_byte_shard_among_good_ones_is_skipped_with_a_warning(
+    shard_dir: Path, tmp_path: Path, data_config, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ("shard-000000.tar", "shard-000001.tar"):
+        shutil.copy(shard_dir / name, tmp_path / name)
+    (tmp_path / "shard-000002.tar").write_bytes(b"")  # a killed writer's leftover
+    with caplog.at_level(logging.WARNING, logger="data_pipelines.sources"):
+        source = load_source(SourceConfig(path=str(tmp_path)), "data.sources.0")
+    assert [Path(u.shard).name for u in source.units] == ["shard-000000.tar", "shard-000001.tar"]
+    assert "shard-000002.tar" in caplog.text and "skipping" in caplog.text
+    loader = build_loader(data_config(tmp_path), mask_generator=None, seed=0)
+    assert len({k for b in loader for k in b.keys}) == 16
+    (tmp_path / "shard-000000.tar").write_bytes(b"")
+    (tmp_path / "shard-000001.tar").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"data\.sources\.0\.path: no samples found"):
+        load_source(SourceConfig(path=str(tmp_path)), "data.sources.0")
+
+
+def test_a_member_cut_off_by_truncation_is_reported_as_cut_off(shard_dir: Path, tmp_path: Path) -> None:
+    data = (shard_dir / "shard-000000.tar").read_bytes()
+    source = load_source(SourceConfig(path=str(shard_dir / "shard-000000.tar")), "s")
+    last = source.units[0].samples[-1].video
+    assert isinstance(last, Member)
+    (tmp_path / "cut.tar").write_bytes(data[: last.offset + last.size // 2])  # in the last video's data
+    unit = load_source(SourceConfig(path=str(tmp_path / "cut.tar")), "s").units[0]
+    assert len(unit.samples) == 8
+    reader = sources.SampleReader()
+    with pytest.raises(BadSampleError, match=r"cut off by the shard's truncation: \d+ of \d+ bytes"):
+        reader.read(unit, unit.samples[-1])
+    assert len(reader.read(unit, unit.samples[0]).data) > 0
+
+
+def test_a_video_file_given_as_a_source(tmp_path: Path, numbered_mp4: bytes, data_config) -> None:
+    """It was read as a CSV list and failed as undecodable UTF-8."""
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(numbered_mp4)
+    loader = build_loader(data_config(video, batch_size=1), mask_generator=None, seed=0)
+    assert [b.keys for b in loader] == [[str(video)]]
+    with pytest.raises(
+        ValueError, match=r"data\.sources\.0\.path: .*clip\.mp4: a video file, not a CSV list"
+    ):
+        load_source(SourceConfig(path=str(video), kind="csv"), "data.sources.0")
+    (tmp_path / "list.csv").write_bytes(numbered_mp4)  # binary data under a CSV name
+    with pytest.raises(ValueError, match=r"data\.sources\.0\.path: .*list\.csv: not a text CSV list"):
+        load_source(SourceConfig(path=str(tmp_path / "list.csv")), "data.sources.0")
