@@ -15,6 +15,9 @@ the workers, uint8 batches through the DataLoader queues). One JSON line:
 
 On a busy machine, `--passes P --rounds R` give steadier figures: R rounds alternate the two (order flipped
 every round), each running P passes over the data.
+
+A data set with fewer videos than `--batch` (per pass) runs with the batch fitted to it, said on stderr and
+in the JSON (`batch`, `batch_asked`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -88,6 +92,19 @@ def loader_pass(cfg: DataConfig, *, masks: bool) -> tuple[int, int, float]:
     return clips, loader.stats()["skipped"], time.perf_counter() - start
 
 
+def fit_batch(sources: list[SourceConfig], batch: int) -> int:
+    """`batch`, or the number of samples an epoch holds when that is smaller (said on stderr)."""
+    samples = sum(round(s.weight) * s.num_samples for s in load_sources(sources))
+    if samples >= batch:
+        return batch
+    print(
+        f"the data holds {samples} samples per epoch, fewer than --batch {batch}: measuring with batches of "
+        f"{samples}",
+        file=sys.stderr,
+    )
+    return samples
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="shard folder, glob or brace pattern")
@@ -110,13 +127,15 @@ def main(argv: list[str] | None = None) -> dict:
     data = Path(args.data)
     if args.make and not list(data.glob("*.tar")):
         make_data(data, videos=args.make, frames=args.video_frames, size=args.size, gop=args.gop)
+    sources = [SourceConfig(path=args.data, kind="shards", weight=float(args.passes))]  # P x every shard
+    batch = fit_batch(sources, args.batch)
     cfg = DataConfig(
         dataset="files",
-        sources=[SourceConfig(path=args.data, kind="shards", weight=float(args.passes))],  # P x every shard
+        sources=sources,
         frames_per_clip=args.frames,
         frame_step=args.frame_step,
         crop_size=args.crop,
-        batch_size=args.batch,
+        batch_size=batch,
         num_workers=args.workers,
         decoder=args.decoder,
         max_skip_fraction=1.0,
@@ -142,7 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
         "workers": args.workers,
         "passes": args.passes,
         "rounds": args.rounds,
-        "batch": args.batch,
+        "batch": batch,
+        "batch_asked": args.batch,
         "frames": args.frames,
         "frame_step": args.frame_step,
         "crop": args.crop,

@@ -270,3 +270,35 @@ def test_config_errors_name_the_key(shard_dir: Path, data_config) -> None:
         build_loader(DataConfig(), mask_generator=None, seed=0)
     with pytest.raises(ValueError, match=r"data\.batch_size"):
         build_loader(data_config(shard_dir / "shard-000000.tar", batch_size=16), mask_generator=None, seed=0)
+
+
+def test_loader_benchmark_fits_its_batch_to_a_small_data_set(
+    tmp_path: Path, numbered_mp4: bytes, capsys: pytest.CaptureFixture
+) -> None:
+    """`vjepa bench loader` on 4 videos refused at its default batch of 8."""
+    from benchmarks import loader as bench
+
+    with ShardWriter(tmp_path, shard_size=8) as writer:
+        for i in range(4):
+            writer.write(f"v{i}", numbered_mp4, meta={"label": 0})
+    result = bench.main(["--data", str(tmp_path), "--json", "--workers", "0", "--no-masks"])
+    assert (result["batch"], result["batch_asked"], result["clips"], result["skipped"]) == (4, 8, 4, 0)
+    assert "fewer than --batch 8: measuring with batches of 4" in capsys.readouterr().err
+
+
+def test_too_few_samples_for_one_batch_says_what_to_set(shard_dir: Path, data_config) -> None:
+    cfg = data_config(shard_dir / "shard-000000.tar", batch_size=16)  # 8 samples
+    with pytest.raises(ValueError, match=r"data\.drop_last=false .* smaller data\.batch_size \(at most 8"):
+        build_loader(cfg, mask_generator=None, seed=0)
+    assert (
+        len(
+            list(
+                build_loader(
+                    data_config(shard_dir / "shard-000000.tar", batch_size=16, drop_last=False),
+                    mask_generator=None,
+                    seed=0,
+                )
+            )
+        )
+        == 1
+    )
