@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo clean
+.PHONY: install test test-slow lint demo demo-quick clean
 
 install: $(STAMP)
 
@@ -23,8 +23,17 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
+# Slow end-to-end tests (the quick demo among them); .ci/run runs them after `make test`.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+# The demo: pretrain on rendered motion clips, then probe the trained encoder beside its baselines
+# (report.json, table and plots in runs/demo). demo-quick: the same pipeline on tiny data, claims nothing.
 demo: $(STAMP)
 	$(BIN)/vjepa demo --out runs/demo
+
+demo-quick: $(STAMP)
+	$(BIN)/vjepa demo --mode quick --fresh --out runs/demo-quick
 
 clean:
 	rm -rf runs .pytest_cache

@@ -249,3 +249,106 @@ def test_run_probe_suite_reports_every_baseline(dataset, run_dir, tmp_path):
     )
     assert trained.tokens.shape == random.tokens.shape and not torch.equal(trained.tokens, random.tokens)
     assert len(list(iter_eval_videos(dataset / "val", EvalClipSpec(frames=4, crop=32)))) == 8
+
+
+# ----------------------------------------------------------------------------- probe variants and the demo's suite
+
+
+def planted_grid(videos: int, *, seed: int) -> FeatureSet:
+    """Noise on a 4 x 2 x 2 token grid; class c raises dimension c in the first two time steps of the
+    top-left cell only, so the mean over all tokens dilutes it and a pooled grid keeps it."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(videos) % 4
+    x = torch.randn(videos, 1, 4, 2, 2, 8, generator=gen)
+    x[torch.arange(videos), :, :2, 0, 0, labels] += 3.0
+    meta = {"num_classes": 4, "grid": (4, 2, 2)}
+    return FeatureSet(x.view(videos, 1, 16, 8).half(), labels, [f"v{i}" for i in range(videos)], meta)
+
+
+def test_pooled_token_linear_and_lbfgs_probes_find_planted_labels():
+    train, val = planted_grid(192, seed=0), planted_grid(128, seed=1)
+    configs = {
+        "pooled lbfgs": (ProbeConfig(kind="linear", solver="lbfgs", wd=1e-3, pool=(2, 2, 2)), 0.9),
+        "token lbfgs": (ProbeConfig(kind="token_linear", solver="lbfgs", wd=1e-3), 0.8),
+        "token adamw": (ProbeConfig(kind="token_linear", epochs=30, lr=1e-2, batch=32), 0.7),  # chance 0.25
+    }
+    for name, (cfg, floor) in configs.items():
+        assert train_probe(train, val, cfg)["top1_val"] >= floor, name
+    lbfgs = configs["pooled lbfgs"][0]
+    mean = train_probe(train, val, ProbeConfig(kind="linear", solver="lbfgs", wd=1e-3))
+    assert mean["top1_val"] < train_probe(train, val, lbfgs)["top1_val"] - 0.05  # the mean dilutes the cell
+    first, again = train_probe(train, val, lbfgs), train_probe(train, val, lbfgs)
+    assert first.pop("seconds") >= 0 and again.pop("seconds") >= 0 and first == again  # deterministic
+    shuffled = FeatureSet(train.tokens, train.labels[torch.randperm(192)], train.keys, train.meta)
+    assert train_probe(shuffled, val, lbfgs)["top1_val"] <= 0.45
+    few = train_probe(
+        train, val, ProbeConfig(kind="linear", solver="lbfgs", pool=(2, 2, 2), labels_per_class=4)
+    )
+    assert few["train_videos"] == 16 and few["top1_train"] == 1.0
+    with pytest.raises(ValueError, match="pool"):
+        train_probe(FeatureSet(train.tokens, train.labels, train.keys, {}), val, lbfgs)  # no grid in meta
+    with pytest.raises(ValueError, match="labels-per-class"):
+        train_probe(train, val, ProbeConfig(kind="linear", labels_per_class=1000))
+
+
+def test_pool_tokens_label_subset_and_binomial_se():
+    from vjepa.eval.evaluate import binomial_se, label_subset, pool_tokens
+
+    fs = planted_grid(4, seed=0)
+    pooled = pool_tokens(fs, (2, 1, 2)).tokens  # [4, 1, 4, 8]
+    grid = fs.tokens.float().view(4, 1, 4, 2, 2, 8)
+    torch.testing.assert_close(pooled[:, :, 0], grid[:, :, :2, :, 0].mean((2, 3)))
+    torch.testing.assert_close(pool_tokens(fs, None).tokens[:, :, 0], fs.tokens.float().mean(2))
+    labels = torch.arange(40) % 4
+    subset = label_subset(labels, 3, seed=0)
+    assert torch.bincount(labels[subset]).tolist() == [3, 3, 3, 3]
+    assert torch.equal(subset, label_subset(labels, 3, seed=0))
+    assert not torch.equal(subset, label_subset(labels, 3, seed=1))
+    assert binomial_se(0.5, 100) == pytest.approx(0.05)
+
+
+def test_probe_suite_with_the_runs_initial_weights_context_and_margins(dataset, run_dir, tmp_path):
+    from vjepa.checkpoint import RunFolder
+    from vjepa.eval.baselines import ALL_SOURCES, margins, probe_features
+    from vjepa.models.weights import read_torch_file
+
+    init_file = RunFolder(run_dir).init_weights
+    assert init_file.is_file()  # the trainer writes the run's initial weights
+    result = run_probe_suite(
+        run_dir,
+        dataset,
+        frames=4,
+        crop=32,
+        kinds=("linear",),
+        epochs=1,
+        out_dir=tmp_path,
+        sources=ALL_SOURCES,
+        init_weights=init_file,
+    )
+    assert set(result["top1"]) == set(ALL_SOURCES)
+    state = load_checkpoint_state(run_dir)
+    initial = load_encoder(
+        {**read_torch_file(init_file, what="init"), "config": state["config"]}, frames=4, crop=32
+    )
+    clips = next(iter_eval_videos(dataset / "val", EvalClipSpec(frames=4, frame_step=2, crop=32))).clips
+    from data_pipelines import normalize
+
+    expected = initial(normalize(clips)).half()
+    got = load_features(tmp_path / "random_init_val.pt").tokens[0]
+    torch.testing.assert_close(got.float(), expected.float(), atol=2e-3, rtol=0)
+    context = load_features(tmp_path / "context_val.pt").tokens
+    assert not torch.equal(context, load_features(tmp_path / "random_init_val.pt").tokens)
+
+    train, val = planted(64, seed=0), planted(48, seed=1)
+    noise = FeatureSet(torch.randn_like(train.tokens.float()).half(), train.labels, train.keys, train.meta)
+    probes = {
+        "lin": ProbeConfig(kind="linear", solver="lbfgs"),
+        "few": ProbeConfig(kind="linear", labels_per_class=4),
+    }
+    good = probe_features(train, val, probes, seeds=(0, 1))
+    bad = probe_features(noise, val, probes, seeds=(0, 1))
+    assert good["lin"]["settings"]["seeds"] == [0] and good["few"]["settings"]["seeds"] == [0, 1]
+    assert sum(map(sum, good["lin"]["confusion"])) == 48 and sum(map(sum, good["few"]["confusion"])) == 96
+    lead = margins({"trained": good, "pixels": bad, "random_init": bad})
+    assert lead["lin"]["margin"] > 0.5 and lead["lin"]["margin_in_se"] > 3
+    assert lead["lin"]["best_baseline"] in ("pixels", "random_init")

@@ -6,7 +6,9 @@ Training sees one view per video per epoch (drawn afresh every epoch); evaluatio
 all views of a video and takes the argmax. AdamW with a per-step cosine learning rate, weight decay on
 weight matrices only. Everything random comes from generators seeded by `seed`, so a run is repeatable.
 With `labels_per_class`, the probe trains on that many videos of each class only (a few-label probe; the
-subset is drawn from `seed`, so several seeds are several label subsets).
+subset is drawn from `seed`, so several seeds are several label subsets). A linear probe pools the tokens
+once before training: their mean, or with `pool` an average over the cells of a coarse (time, height,
+width) grid, each cell with its own weights (a linear readout that keeps coarse where and when).
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from torch import nn
 from vjepa.eval.extract import FeatureSet
 from vjepa.eval.probe import build_probe
 
+Grid = tuple[int, int, int]
+
 __all__ = [
     "ProbeConfig",
     "binomial_se",
     "label_subset",
     "multiview_predict",
     "num_classes_of",
+    "pool_tokens",
     "top1",
     "train_probe",
 ]
@@ -44,6 +49,9 @@ class ProbeConfig:
     depth: int = 0  # self-attention blocks before the attentive pooler (V-JEPA 2 uses 3)
     heads: int | None = None  # None: probe.default_heads(D)
     labels_per_class: int | None = None  # train on this many videos per class only (None: all)
+    pool: Grid | None = None  # linear: average-pool the token grid to these (T, H, W) cells; None: mean
+    solver: str = "adamw"  # adamw (minibatch, epochs) | lbfgs (full batch, linear probes, deterministic)
+    lbfgs_iters: int = 200
 
     def validate(self) -> None:
         for name in ("epochs", "batch"):
@@ -55,6 +63,36 @@ class ProbeConfig:
             raise ValueError(f"--depth: must be >= 0, got {self.depth}")
         if self.labels_per_class is not None and self.labels_per_class < 1:
             raise ValueError(f"--labels-per-class: must be >= 1, got {self.labels_per_class}")
+        if self.solver not in ("adamw", "lbfgs") or self.lbfgs_iters < 1:
+            raise ValueError(
+                f"--solver: adamw or lbfgs (lbfgs_iters >= 1), got {self.solver}/{self.lbfgs_iters}"
+            )
+        if self.pool is not None and (self.kind != "linear" or len(self.pool) != 3 or min(self.pool) < 1):
+            raise ValueError(f"--pool: a (T, H, W) grid of cells >= 1 for a linear probe, got {self.pool}")
+
+
+def pool_tokens(features: FeatureSet, pool: Grid | None, *, chunk: int = 256) -> FeatureSet:
+    """Tokens [M, V, N, D] -> float32 [M, V, P, D]: the mean over all N tokens (P = 1, pool=None) or the
+    averages over the cells of `pool` (P = its product; needs the token grid in meta["grid"])."""
+    m, v, n, d = features.tokens.shape
+    if pool is not None:
+        grid = features.meta.get("grid")
+        if grid is None or len(grid) != 3 or grid[0] * grid[1] * grid[2] != n:
+            raise ValueError(
+                f"--pool: the features carry no token grid matching their {n} tokens (meta grid {grid})"
+            )
+        if any(p > g for p, g in zip(pool, grid)):
+            raise ValueError(f"--pool: {tuple(pool)} is finer than the token grid {tuple(grid)}")
+    out = []
+    for part in features.tokens.flatten(0, 1).split(chunk):  # [c, N, D]
+        x = part.float()
+        if pool is None:
+            out.append(x.mean(1, keepdim=True))  # [c, 1, D]
+        else:
+            x = x.view(len(x), *grid, d).permute(0, 4, 1, 2, 3)  # [c, D, T, H, W]
+            out.append(F.adaptive_avg_pool3d(x, tuple(pool)).flatten(2).transpose(1, 2))  # [c, P, D]
+    tokens = torch.cat(out).view(m, v, -1, d)
+    return FeatureSet(tokens, features.labels, features.keys, features.meta)
 
 
 def binomial_se(p: float, n: int) -> float:
@@ -139,8 +177,45 @@ def train_probe(
     if cfg.labels_per_class is not None:
         keep = label_subset(train.labels, cfg.labels_per_class, seed=cfg.seed)
         train = FeatureSet(train.tokens[keep], train.labels[keep], [train.keys[i] for i in keep], train.meta)
+    kind = cfg.kind
+    if kind == "linear":  # pooled once here instead of in every step
+        train, val = pool_tokens(train, cfg.pool), pool_tokens(val, cfg.pool)
+        kind = "linear" if cfg.pool is None else "token_linear"
+    fit = _fit_lbfgs if cfg.solver == "lbfgs" else _fit_adamw
+    train_probs, val_probs, final_loss = fit(train, val, cfg, kind=kind, classes=classes, device=device)
+    videos, views = train.tokens.shape[:2]
+    extra = {"val_predicted": val_probs.argmax(-1).tolist()} if predictions else {}
+    return {
+        "top1_val": top1(val_probs, val.labels),
+        "top1_train": top1(train_probs, train.labels),
+        "num_classes": classes,
+        "chance": 1.0 / classes,
+        "train_videos": videos,
+        "val_videos": len(val),
+        "train_views": views,
+        "val_views": int(val.tokens.shape[1]),
+        "tokens": int(train.tokens.shape[2]),
+        "width": int(train.tokens.shape[3]),
+        "final_loss": final_loss,
+        **asdict(cfg),
+        "seconds": round(time.perf_counter() - start, 2),
+        **extra,
+    }
+
+
+def _fit_adamw(
+    train: FeatureSet,
+    val: FeatureSet,
+    cfg: ProbeConfig,
+    *,
+    kind: str,
+    classes: int,
+    device: torch.device | str,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Minibatch AdamW with a cosine lr, one random view per video per epoch; -> (train probs [M, K],
+    val probs, mean loss of the last epoch)."""
     model = build_probe(
-        cfg.kind,
+        kind,
         dim=train.tokens.shape[-1],
         num_classes=classes,
         heads=cfg.heads,
@@ -172,20 +247,43 @@ def train_probe(
             step += 1
     train_probs = multiview_predict(model, train.tokens, batch=cfg.batch, device=device)
     val_probs = multiview_predict(model, val.tokens, batch=cfg.batch, device=device)
-    extra = {"val_predicted": val_probs.argmax(-1).tolist()} if predictions else {}
-    return {
-        "top1_val": top1(val_probs, val.labels),
-        "top1_train": top1(train_probs, train.labels),
-        "num_classes": classes,
-        "chance": 1.0 / classes,
-        "train_videos": videos,
-        "val_videos": len(val),
-        "train_views": views,
-        "val_views": int(val.tokens.shape[1]),
-        "tokens": int(train.tokens.shape[2]),
-        "width": int(train.tokens.shape[3]),
-        "final_loss": sum(losses[-steps_per_epoch:]) / max(1, len(losses[-steps_per_epoch:])),
-        **asdict(cfg),
-        "seconds": round(time.perf_counter() - start, 2),
-        **extra,
-    }
+    return train_probs, val_probs, sum(losses[-steps_per_epoch:]) / max(1, len(losses[-steps_per_epoch:]))
+
+
+def _fit_lbfgs(
+    train: FeatureSet,
+    val: FeatureSet,
+    cfg: ProbeConfig,
+    *,
+    kind: str,
+    classes: int,
+    device: torch.device | str,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Full-batch multinomial logistic regression by L-BFGS on standardised features (every view of every
+    video a sample), L2 penalty `wd` on the weights; deterministic. -> as _fit_adamw."""
+    if kind not in ("linear", "token_linear"):
+        raise ValueError(f"--solver lbfgs: fits linear probes only, not {kind!r}")
+    x = train.tokens.flatten(2).float().flatten(0, 1).to(device)  # [M*V, P*D]
+    y = train.labels.repeat_interleave(train.tokens.shape[1]).to(device)
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x = (x - mean) / std
+    weight = torch.zeros(x.shape[1], classes, device=device, requires_grad=True)
+    bias = torch.zeros(classes, device=device, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [weight, bias], lr=1.0, max_iter=cfg.lbfgs_iters, history_size=20, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ weight + bias, y) + cfg.wd * weight.square().sum()
+        loss.backward()
+        return loss
+
+    final = float(opt.step(closure).detach())
+
+    @torch.no_grad()
+    def probs(s: FeatureSet) -> torch.Tensor:
+        z = (s.tokens.flatten(2).float().to(device) - mean) / std  # [M, V, P*D]
+        return F.softmax(z @ weight + bias, dim=-1).mean(1).cpu()  # [M, K], averaged over views
+
+    return probs(train), probs(val), final

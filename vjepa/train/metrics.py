@@ -17,7 +17,23 @@ from vjepa.config import LogConfig
 from vjepa.train.monitors import CollapseWatch
 
 log = logging.getLogger(__name__)
+LOG_FILE = "log.jsonl"
 MONITOR_SUFFIXES = ("eff_dim", "eff_rank", "clip_const")
+
+
+def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of a run's log.jsonl, in the order written (a resumed run appends; a torn last line
+    from a crash is dropped)."""
+    path = Path(run_dir) / LOG_FILE
+    if not path.is_file():
+        raise ValueError(f"{path}: no training log (log.jsonl=false?)")
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 class RunLogger:
@@ -31,7 +47,7 @@ class RunLogger:
         if not enabled:
             return
         if cfg.jsonl:
-            self.jsonl = (run_dir / "log.jsonl").open("a")
+            self.jsonl = (run_dir / LOG_FILE).open("a")
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
