@@ -7,8 +7,10 @@ imports only them, everything else is internal.
 - Evaluation clips: `EvalClipSpec`, `iter_eval_videos` -> `EvalVideo`, `find_splits`.
 - Making data: `list_videos` (a folder's videos and class labels), `pack_videos` (videos -> tar shards),
   `write_synthetic_dataset` and `render_video` (the synthetic motion clips) with their `CLASS_NAMES`.
-- Config checks, shared with the vjepa config tree: `check`, `check_choice`, `check_choices` and
-  `literal_values` (allowed values are `Literal[...]` types).
+- Config checks, shared with the vjepa config tree: `check`, `check_choice`, `check_choices`,
+  `check_finite`, `check_fields` (both) and `literal_values` (allowed values are `Literal[...]` types).
+- Errors that stop a run on bad data (the `vjepa` command prints them as one line): `TooManyBadSamplesError`,
+  `HungDecodesError`.
 
 Names are imported on first use, so that `import data_pipelines.sources` (or reading a config) does not
 load PyTorch, torchvision or PyAV.
@@ -20,8 +22,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from data_pipelines.bad_samples import HungDecodesError, TooManyBadSamplesError
     from data_pipelines.batch import MaskBatch, VideoBatch
-    from data_pipelines.checks import check, check_choice, check_choices, literal_values
+    from data_pipelines.checks import (
+        check,
+        check_choice,
+        check_choices,
+        check_fields,
+        check_finite,
+        literal_values,
+    )
     from data_pipelines.config import DataConfig, SourceConfig
     from data_pipelines.eval_clips import EvalClipSpec, EvalVideo, find_splits, iter_eval_videos
     from data_pipelines.loader import build_loader
@@ -53,9 +63,13 @@ _EXPORTS = {  # public name -> the module that defines it
     "render_video": "synthetic",
     "write_synthetic_dataset": "synthetic",
     "CLASS_NAMES": "synthetic",
+    "TooManyBadSamplesError": "bad_samples",
+    "HungDecodesError": "bad_samples",
     "check": "checks",
     "check_choice": "checks",
     "check_choices": "checks",
+    "check_fields": "checks",
+    "check_finite": "checks",
     "literal_values": "checks",
 }
 
@@ -65,16 +79,20 @@ __all__ = [
     "DataConfig",
     "EvalClipSpec",
     "EvalVideo",
+    "HungDecodesError",
     "MaskBatch",
     "MaskGenerator",
     "MaskSpec",
     "SourceConfig",
+    "TooManyBadSamplesError",
     "VideoBatch",
     "build_loader",
     "build_train_stream",
     "check",
     "check_choice",
     "check_choices",
+    "check_fields",
+    "check_finite",
     "default_mask_specs",
     "find_splits",
     "iter_eval_videos",

@@ -24,6 +24,10 @@ class TooManyBadSamplesError(RuntimeError):
     """Too large a fraction of the samples failed; the message names the worst shards."""
 
 
+class HungDecodesError(RuntimeError):
+    """Several decodes hung past the bound; their threads are stuck, so the process starts no more."""
+
+
 @dataclass
 class SkipStats:
     """Samples tried and skipped, in total and per shard (a tar path, or a CSV/folder source)."""

@@ -7,6 +7,7 @@ converts YAML (vjepa.config), and `check_choices` checks them on a section built
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any, Literal
 
@@ -44,3 +45,26 @@ def check_choices(section: Any, prefix: str) -> None:
         choices = literal_values(hints[f.name])
         if choices is not None:
             check_choice(getattr(section, f.name), choices, f"{prefix}.{f.name}")
+
+
+def check_finite(value: Any, key: str) -> None:
+    """No NaN or infinity in `value` (a number, or lists, tuples and mappings of them, walked with their
+    keys): a NaN passes every `<`/`>` bound check, and an infinite rate or scale silently ruins a run."""
+    if isinstance(value, float):
+        check(math.isfinite(value), key, f"must be a finite number, got {value}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_finite(item, f"{key}.{i}")
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            check_finite(item, f"{key}.{name}")
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            check_finite(getattr(value, f.name), f"{key}.{f.name}")
+
+
+def check_fields(section: Any, prefix: str) -> None:
+    """What every section checks first: allowed values (`check_choices`) and finite numbers."""
+    check_choices(section, prefix)
+    for f in dataclasses.fields(section):
+        check_finite(getattr(section, f.name), f"{prefix}.{f.name}")

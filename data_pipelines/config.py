@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from data_pipelines.checks import check, check_choices, check_range
+from data_pipelines.checks import check, check_fields, check_range
 
 SourceKind = Literal["auto", "shards", "csv", "folder"]
 Dataset = Literal["synthetic", "files"]  # synthetic: clips generated in memory, no files; files: the sources
 Decoder = Literal["auto", "decord", "pyav"]  # auto: decord, else PyAV
+# sources streamed with webdataset (data_pipelines.streaming), not paths on this machine
+STREAM_PREFIXES = ("http://", "https://", "pipe:")
 
 
 @dataclass
@@ -28,10 +31,28 @@ class SourceConfig:
     samples_per_shard: int = 0  # streamed URL shards: samples in each, spares the counting pass (0: count)
 
     def validate(self, prefix: str = "source") -> None:
-        check_choices(self, prefix)
+        check_fields(self, prefix)
         check(bool(self.path), f"{prefix}.path", "must name a shard folder/pattern, a CSV file or a folder")
         check(self.weight > 0, f"{prefix}.weight", f"must be > 0, got {self.weight}")
         check(self.samples_per_shard >= 0, f"{prefix}.samples_per_shard", "must be >= 0 (0: count)")
+
+    def check_path(self, prefix: str = "source") -> None:
+        """The path exists in the form its kind needs: a folder, a CSV file, or tar files the shard pattern
+        matches. Asks the file system only (opens no file); a streamed URL is checked when it is opened."""
+        if self.path.startswith(STREAM_PREFIXES):
+            return
+        from data_pipelines.sources import VIDEO_EXTENSIONS, _resolve_kind, shard_paths
+
+        key, kind = f"{prefix}.path", _resolve_kind(self)
+        if kind == "shards":
+            shard_paths(self.path, key)
+        elif kind == "csv":
+            video = self.kind == "auto" and os.path.splitext(self.path)[1].lower() in VIDEO_EXTENSIONS
+            check(not os.path.isdir(self.path), key, f"{self.path!r} is a folder, not a CSV list")
+            what = "video file" if video else "CSV list"
+            check(os.path.isfile(self.path), key, f"{what} {self.path!r} does not exist")
+        else:
+            check(os.path.isdir(self.path), key, f"folder {self.path!r} does not exist")
 
 
 @dataclass
@@ -64,7 +85,7 @@ class DataConfig:
 
     def validate(self, prefix: str = "data") -> None:
         """Checks every field; a ValueError names the offending key (`prefix.field`)."""
-        check_choices(self, prefix)
+        check_fields(self, prefix)
         if self.dataset == "files":
             check(len(self.sources) >= 1, f"{prefix}.sources", "dataset 'files' needs at least one source")
         else:  # the synthetic stream would silently ignore them
@@ -95,3 +116,10 @@ class DataConfig:
             f"must be in [0, 1], got {self.max_skip_fraction}",
         )
         check(self.skip_check_min_samples >= 0, f"{prefix}.skip_check_min_samples", "must be >= 0")
+
+    def check_paths(self, prefix: str = "data") -> None:
+        """Every source path exists (see `SourceConfig.check_path`): run before a training run writes
+        anything, apart from `validate` so that a config can be read where its data is not mounted."""
+        if self.dataset == "files":
+            for i, source in enumerate(self.sources):
+                source.check_path(f"{prefix}.sources.{i}")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from data_pipelines.bad_samples import BadSampleError, DecodeTimeoutError
+from data_pipelines.bad_samples import BadSampleError, DecodeTimeoutError, HungDecodesError
 from data_pipelines.sampling import union_indices
 from data_pipelines.timeout import CallTimedOut, TimeoutRunner
 
@@ -225,7 +225,7 @@ class VideoDecoder:
         """Queues the decode on the helper thread and returns a function that waits for its result
         (raising BadSampleError, or DecodeTimeoutError past the bound)."""
         if self.abandoned >= MAX_ABANDONED_THREADS:
-            raise RuntimeError(
+            raise HungDecodesError(
                 f"{self.abandoned} video decodes hung past data.decode_timeout_s={self.timeout_s}; "
                 "their threads are stuck in the decoder, refusing to start more (check the data)"
             )

@@ -7,10 +7,15 @@ ValueError that names the dotted key, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import importlib.resources
+import math
+import os
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -22,7 +27,8 @@ from data_pipelines import (
     MaskSpec,
     check,
     check_choice,
-    check_choices,
+    check_fields,
+    check_finite,
     default_mask_specs,
     literal_values,
 )
@@ -57,7 +63,7 @@ class ModelConfig:
     def validate(self, prefix: str = "model") -> None:
         from vjepa.models.registry import MODEL_SIZES
 
-        check_choices(self, prefix)
+        check_fields(self, prefix)
         known = ", ".join(MODEL_SIZES)
         check(self.name in MODEL_SIZES, f"{prefix}.name", f"unknown size {self.name!r} (known: {known})")
         for key in ("patch_size", "tubelet_size", "pred_width", "pred_depth", "pred_heads"):
@@ -87,8 +93,16 @@ class OptimConfig:
     cooldown_steps: int = 0  # vjepa2: linear lr decay over the last steps (a separate phase)
 
     def validate(self, prefix: str = "optim") -> None:
-        check_choices(self, prefix)
-        check(self.lr > 0, f"{prefix}.lr", "must be > 0")
+        check_fields(self, prefix)
+        check(self.lr > 0, f"{prefix}.lr", f"must be > 0, got {self.lr}")
+        for key in ("start_lr", "final_lr", "weight_decay", "final_weight_decay"):
+            check(getattr(self, key) >= 0, f"{prefix}.{key}", f"must be >= 0, got {getattr(self, key)}")
+        check(
+            all(0.0 <= b < 1.0 for b in self.betas),
+            f"{prefix}.betas",
+            f"each must be in [0, 1), got {list(self.betas)}",
+        )
+        check(self.eps > 0, f"{prefix}.eps", f"must be > 0, got {self.eps}")
         check(0 <= self.warmup_steps, f"{prefix}.warmup_steps", "must be >= 0")
         check(
             0.0 <= self.ema_start <= self.ema_end <= 1.0,
@@ -113,9 +127,85 @@ class TrainConfig:
     init_from: str | None = None
 
     def validate(self, prefix: str = "train") -> None:
-        check_choices(self, prefix)
+        check_fields(self, prefix)
         check(self.steps >= 1, f"{prefix}.steps", "must be >= 1")
+        check(self.seed >= 0, f"{prefix}.seed", f"must be >= 0, got {self.seed}")
+        check(
+            bool(self.out_dir.strip()),
+            f"{prefix}.out_dir",
+            "must name the run folder (empty would write the run into the current directory)",
+        )
         check(self.max_bad_steps >= 1, f"{prefix}.max_bad_steps", "must be >= 1")
+
+    def check_paths(self, prefix: str = "train") -> None:
+        check_writable_folder(self.out_dir, f"{prefix}.out_dir")
+
+
+def check_writable_folder(path: str | Path, key: str) -> None:
+    """`path` is a folder this process can write in, or one it can create: found without creating anything,
+    from the nearest part of the path that exists, which must be a folder with write and search permission
+    (os.access also sees a read-only mount)."""
+    target = Path(os.path.abspath(path))
+    existing = target
+    while not existing.exists():  # the file system root always exists
+        existing = existing.parent
+    what = "" if existing == target else f" (the part of {str(path)!r} that exists)"
+    check(existing.is_dir(), key, f"{str(existing)!r}{what} is a file, not a folder")
+    check(
+        os.access(existing, os.W_OK | os.X_OK),
+        key,
+        f"no permission to write in {str(existing)!r}{what} (or it is on a read-only file system)",
+    )
+
+
+# The keys DeepSpeed 0.19.8 reads: the top level of its config (every key DeepSpeedConfig looks up, found by
+# tracing its parsing) and the `zero_optimization` section (DeepSpeedZeroConfig's fields and aliases). An
+# unknown key is an error, as everywhere else in the tree: DeepSpeed ignores unknown top-level keys, so a typo
+# there would silently run without the setting. A key of a newer DeepSpeed is added here.
+DEEPSPEED_KEYS = frozenset(
+    "activation_checkpointing aio amp autotuning bf16 bfloat16 checkpoint comet comms_logger "
+    "communication_data_type compile compression_training csv_monitor curriculum_learning data_efficiency "
+    "data_types dataloader_drop_last datastates_ckpt disable_allgather disable_python_gc dump_state "
+    "eigenvalue elasticity expert_parallel flops_profiler fp16 gradient_accumulation_steps "
+    "gradient_allreduce_op gradient_clipping gradient_predivide_factor graph_harvesting hybrid_engine "
+    "log_level managed_gradient_accumulation memory_breakdown nebula optimizer pipeline prescale_gradients "
+    "progressive_layer_drop quantize_training scheduler seq_parallel_communication_data_type "
+    "sparse_attention sparse_gradients steps_per_print tensor_parallel tensorboard timers torch_autocast "
+    "train_batch_size train_micro_batch_size_per_gpu use_data_before_expert_parallelism vocabulary_size "
+    "wall_clock_breakdown wandb weight_quantization zero_allow_untested_optimizer "
+    "zero_force_ds_cpu_optimizer zero_optimization".split()
+)
+DEEPSPEED_ZERO_KEYS = frozenset(
+    "allgather_bucket_size allgather_partitions allgather_sequential compute_grad_norm contiguous_gradients "
+    "cpu_offload cpu_offload_param cpu_offload_use_pin_memory elastic_checkpoint enable_sanity_checks "
+    "gather_16bit_weights_on_model_save ignore_unused_parameters leaf_module legacy_stage1 "
+    "load_from_fp32_weights log_trace_cache_warnings max_live_parameters max_reuse_distance "
+    "memory_efficient_linear model_persistence_threshold module_granularity_threshold offload_optimizer "
+    "offload_param overlap_comm override_module_apply param_persistence_threshold parameter_alignment "
+    "pipeline_loading_checkpoint prefetch_bucket_size reduce_bucket_size reduce_scatter "
+    "round_robin_gradients save_muon_momentum_buffer_in_memory stage stage3_allgather_sequential "
+    "stage3_gather_16bit_weights_on_model_save stage3_gather_fp16_weights_on_model_save "
+    "stage3_max_live_parameters stage3_max_reuse_distance stage3_model_persistence_threshold "
+    "stage3_module_granularity_threshold stage3_param_persistence_threshold stage3_prefetch_bucket_size "
+    "stage3_use_all_reduce_for_fetch_params sub_group_size use_all_reduce_for_fetch_params "
+    "use_multi_rank_bucket_allreduce zenflow zero_hpz_partition_size zero_quantized_gradients "
+    "zero_quantized_nontrainable_weights zero_quantized_weights".split()
+)
+
+
+def check_deepspeed_keys(raw: dict[str, Any], key: str = "dist.deepspeed") -> None:
+    """Every key of the raw DeepSpeed section, and of its `zero_optimization`, is one DeepSpeed reads."""
+    for section, known, where in (
+        (raw, DEEPSPEED_KEYS, key),
+        (raw.get("zero_optimization", {}), DEEPSPEED_ZERO_KEYS, f"{key}.zero_optimization"),
+    ):
+        if not isinstance(section, dict):
+            raise ValueError(f"{where}: expected a mapping, got {section!r}")
+        for k in section:
+            if k not in known:
+                close = difflib.get_close_matches(str(k), known, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ValueError(f"unknown DeepSpeed key '{where}.{k}' (not read by DeepSpeed 0.19.8{hint})")
 
 
 @dataclass
@@ -127,7 +217,8 @@ class DistConfig:
     )  # raw DeepSpeed keys merged over the derived config
 
     def validate(self, prefix: str = "dist") -> None:
-        check_choices(self, prefix)
+        check_fields(self, prefix)
+        check_deepspeed_keys(self.deepspeed, f"{prefix}.deepspeed")
 
 
 @dataclass
@@ -172,6 +263,13 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
+    def check_paths(self) -> None:
+        """The paths on this machine: the data sources exist and train.out_dir can be written. Separate from
+        `validate` (which reads no file) so that a config can be printed or checked where the data is not
+        mounted; a training run checks both before it builds anything."""
+        self.data.check_paths("data")
+        self.train.check_paths("train")
+
     def validate(self) -> None:
         """Every section checks itself (errors name the dotted key), then the checks across sections."""
         for f in dataclasses.fields(self):
@@ -191,6 +289,18 @@ class Config:
             d.crop_size % m.patch_size == 0,
             "data.crop_size",
             f"{d.crop_size} is not divisible by model.patch_size={m.patch_size}",
+        )
+        grid = (d.frames_per_clip // m.tubelet_size, d.crop_size // m.patch_size, d.crop_size // m.patch_size)
+        for i, spec in enumerate(self.mask):
+            spec.check_grid(
+                grid,
+                f"mask.{i}",
+                grid_from="data.frames_per_clip / model.tubelet_size, data.crop_size / model.patch_size",
+            )
+        check(
+            self.optim.cooldown_steps <= t.steps,
+            "optim.cooldown_steps",
+            f"{self.optim.cooldown_steps} is more than train.steps={t.steps}",
         )
         if m.attention == "xformers":  # fail before any work where it cannot run (no CPU kernels)
             from vjepa.layers.attention import check_backend
@@ -245,6 +355,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ValueError(f"{key}: expected a mapping, got {value!r}")
+        check_finite(value, key)
         return dict(value)
     if tp is Any:
         return value
@@ -259,6 +370,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # YAML's .nan / .inf, or an overflowing 1e999
+            raise ValueError(f"{key}: must be a finite number, got {value}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -305,6 +418,60 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
+def read_yaml(text: str, where: str, *, key: str = "", column_offset: int = 0) -> Any:
+    """`text` parsed with the config's YAML loader. A syntax error, or a key given twice in one mapping
+    (PyYAML would keep the last silently), is a one-line ValueError naming `where` (a file or an override)
+    and the position. For an override's value, `key` is its dotted key and `column_offset` the length of
+    `key=`, so that positions and duplicate keys refer to the whole override."""
+    loader = _YamlLoader(text)
+    where_at = functools.partial(_position, where, column_offset=column_offset, one_line="\n" not in text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicate_keys(node, where_at, key)
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as err:
+        problem = err.problem or err.context or "invalid YAML"
+        raise ValueError(f"{where_at(err.problem_mark or err.context_mark)}: YAML error: {problem}") from None
+    except yaml.YAMLError as err:  # unmarked errors (e.g. a control character in the stream)
+        raise ValueError(f"{where}: YAML error: {' '.join(str(err).split())}") from None
+    finally:
+        loader.dispose()
+
+
+def _position(where: str, mark: yaml.Mark | None, *, column_offset: int, one_line: bool) -> str:
+    if mark is None:
+        return where
+    column = mark.column + 1 + (column_offset if mark.line == 0 else 0)
+    return f"{where}, column {column}" if one_line else f"{where}, line {mark.line + 1}, column {column}"
+
+
+def _check_duplicate_keys(node: yaml.Node, where_at: Callable[[yaml.Mark], str], path: str) -> None:
+    """Walks the composed document (before construction, so that keys can be named by their dotted path)."""
+    todo, visited = [(node, path)], set()
+    while todo:
+        node, path = todo.pop()
+        if id(node) in visited:  # an alias points back at a node already walked
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            todo.extend((item, f"{path}.{i}" if path else str(i)) for i, item in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            first_line: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+                dotted = f"{path}.{name}" if path else str(name)
+                if name is not None and key_node.tag != "tag:yaml.org,2002:merge":
+                    if name in first_line:
+                        raise ValueError(
+                            f"{where_at(key_node.start_mark)}: duplicate key '{dotted}' (first given on line "
+                            f"{first_line[name]})"
+                        )
+                    first_line[name] = key_node.start_mark.line + 1
+                todo.append((value_node, dotted))
+
+
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Applies one `dotted.key=value` override in place; the value is parsed as YAML (so 1e-3, true, [1, 2])."""
     if "=" not in assignment:
@@ -322,7 +489,9 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         elif not isinstance(node, dict) or (part not in node and not here.startswith("dist.deepspeed.")):
             raise ValueError(f"unknown config key '{here}'")
         if last:
-            node[part] = yaml.load(raw, Loader=_YamlLoader) if raw.strip() else ""
+            where = f"override '{assignment}'"
+            value = read_yaml(raw, where, key=dotted.strip(), column_offset=len(dotted) + 1)
+            node[part] = value if raw.strip() else ""
         else:
             node = node.setdefault(part, {}) if isinstance(node, dict) else node[part]
 
@@ -345,12 +514,22 @@ def find_config(path: str | Path) -> Path | Traversable:
     raise ValueError(f"config file not found: {path} (bundled configs: {', '.join(bundled)})")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML file, then `key=value` overrides; validated before anything runs."""
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    check_paths: bool = False,
+) -> Config:
+    """Defaults, then the YAML file, then `key=value` overrides; validated before anything runs, and with
+    `check_paths` also checked against this machine's files (`Config.check_paths`)."""
     data = to_dict(Config())
     if path is not None:
         path = find_config(path)
-        loaded = yaml.load(path.read_text(), Loader=_YamlLoader) or {}
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: cannot read the config file: {err}") from None
+        loaded = read_yaml(text, str(path)) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a config file must hold a mapping at the top level")
         try:
@@ -361,6 +540,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         apply_override(data, assignment)
     cfg = from_dict(Config, data)
     cfg.validate()
+    if check_paths:
+        cfg.check_paths()
     return cfg
 
 

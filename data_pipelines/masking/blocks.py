@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from data_pipelines.masking.spec import block_size
+
 # Rounds of re-drawing the positions of samples whose blocks leave no free token; each round re-draws
 # only the failing samples, so the cost stays near one draw unless the spec is close to impossible.
 MAX_ATTEMPTS = 50
@@ -24,22 +26,15 @@ def draw_block_size(
     aspect_ratio: tuple[float, float],
     generator: torch.Generator,
 ) -> tuple[int, int, int]:
-    """One (t, h, w) block size, computed as the reference sampler does.
+    """One (t, h, w) block size, computed as the reference sampler does (`spec.block_size`).
 
-    Scale and aspect ratio are drawn uniformly (not log-uniformly) in their ranges; the spatial area is
-    int(Hp*Wp*scale) tokens, h = round(sqrt(area * ar)), w = round(sqrt(area / ar)), t = int(Tp*t_scale),
-    each clipped to [1, grid side].
+    Scale and aspect ratio are drawn uniformly (not log-uniformly) in their ranges.
     """
-    tp, hp, wp = grid
     u_t, u_s, u_ar = torch.rand(3, dtype=torch.float64, generator=generator).tolist()
     t_scale = temporal_scale[0] + u_t * (temporal_scale[1] - temporal_scale[0])
     s_scale = spatial_scale[0] + u_s * (spatial_scale[1] - spatial_scale[0])
     ar = aspect_ratio[0] + u_ar * (aspect_ratio[1] - aspect_ratio[0])
-    t = min(max(1, int(tp * t_scale)), tp)
-    area = int(hp * wp * s_scale)
-    h = min(max(1, round(math.sqrt(area * ar))), hp)
-    w = min(max(1, round(math.sqrt(area / ar))), wp)
-    return t, h, w
+    return block_size(grid, t_scale=t_scale, s_scale=s_scale, ar=ar)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -81,7 +81,7 @@ def sample_future(
     tp, hp, wp = grid
     if tp < 2:
         raise ValueError(f"future mask needs at least 2 time steps, grid {grid} has Tp={tp}")
-    ctx_t = min(max(1, int(tp * spec.context_fraction)), tp - 1)
+    ctx_t = spec.future_context_steps(tp)
     is_ctx_time = (torch.arange(tp) < ctx_t).view(1, tp, 1, 1)
     context = is_ctx_time.expand(batch_size, *grid).clone()  # [B, Tp, Hp, Wp]
     target = ~context

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import typing
 from dataclasses import dataclass
 from typing import Literal
 
-from data_pipelines.checks import check_choices, check_range
+from data_pipelines.checks import check, check_fields, check_range
 
 MaskKind = Literal["multiblock", "tube", "future"]
 MASK_KINDS: tuple[str, ...] = typing.get_args(MaskKind)
@@ -42,7 +43,7 @@ class MaskSpec:
 
     def validate(self, prefix: str) -> None:
         """Raises ValueError naming `prefix.field` for the first out-of-range field."""
-        check_choices(self, prefix)
+        check_fields(self, prefix)
         if self.num_blocks < 1:
             raise ValueError(f"{prefix}.num_blocks: must be >= 1, got {self.num_blocks}")
         check_range(self.spatial_scale, f"{prefix}.spatial_scale", lo=0.0, hi=1.0)
@@ -60,6 +61,68 @@ class MaskSpec:
             raise ValueError(f"{prefix}.context_fraction: must be in (0, 1), got {self.context_fraction}")
         if self.future_blocks < 0:
             raise ValueError(f"{prefix}.future_blocks: must be >= 0, got {self.future_blocks}")
+
+    def future_context_steps(self, tp: int) -> int:
+        """future: the time steps given as context, int(Tp * context_fraction) kept within [1, Tp - 1]."""
+        return min(max(1, int(tp * self.context_fraction)), tp - 1)
+
+    def check_grid(self, grid: tuple[int, int, int], prefix: str, *, grid_from: str = "") -> None:
+        """ValueError naming `prefix` when this mask can leave no context on the token grid (Tp, Hp, Wp):
+        a tube mask on one spatial position, a future mask on one time step, or blocks that may cover the
+        whole grid (multiblock) or the whole context span (future with `future_blocks`). Found here, when
+        the config loads, rather than at the first batch that draws such a block."""
+        tp, hp, wp = grid
+        where = f"the token grid (Tp, Hp, Wp)={grid}" + (f" (from {grid_from})" if grid_from else "")
+        if self.kind == "tube":
+            check(hp * wp >= 2, prefix, f"a tube mask needs at least 2 spatial positions; {where} has 1")
+            return
+        if self.kind == "future":
+            check(tp >= 2, prefix, f"a future mask needs at least 2 time steps; {where} has Tp={tp}")
+            if self.future_blocks == 0:
+                return
+            region = (self.future_context_steps(tp), hp, wp)
+            what = f"the whole context span {region} of {where}"
+        else:
+            region = grid
+            what = f"all of {where}"
+        size = self.covering_block(region)
+        check(
+            size is None,
+            prefix,
+            f"a block of (t, h, w)={size} covers {what}: no context would be left; lower "
+            f"{prefix}.spatial_scale or {prefix}.temporal_scale, or use more frames or a larger crop",
+        )
+
+    def covering_block(self, region: tuple[int, int, int]) -> tuple[int, int, int] | None:
+        """A block size this spec can draw that covers all of `region`, else None. Block sides grow with
+        both scales, so the largest scales are the ones to try, over the aspect ratios where a side changes
+        (`block_size` is a step function of the ratio)."""
+        tp, hp, wp = region
+        t_scale, s_scale = self.temporal_scale[1], self.spatial_scale[1]
+        area = max(int(hp * wp * s_scale), 1)
+        # h is full from about ar = (Hp - 1/2)^2 / area up, w up to area / (Wp - 1/2)^2: try the ends of that
+        # range within aspect_ratio (nudged inwards past round()'s ties) and its middle
+        lo = max(self.aspect_ratio[0], (hp - 0.5) ** 2 / area * (1 + 1e-9))
+        hi = min(self.aspect_ratio[1], area / (wp - 0.5) ** 2 * (1 - 1e-9))
+        for ar in (lo, (lo + hi) / 2, hi) if lo <= hi else ():
+            size = block_size(region, t_scale=t_scale, s_scale=s_scale, ar=ar)
+            if size == region:
+                return size
+        return None
+
+
+def block_size(
+    grid: tuple[int, int, int], *, t_scale: float, s_scale: float, ar: float
+) -> tuple[int, int, int]:
+    """The (t, h, w) block for one draw of the scales and aspect ratio, as the reference sampler computes
+    it: the spatial area is int(Hp*Wp*scale) tokens, h = round(sqrt(area * ar)), w = round(sqrt(area / ar)),
+    t = int(Tp*t_scale), each clipped to [1, grid side]."""
+    tp, hp, wp = grid
+    t = min(max(1, int(tp * t_scale)), tp)
+    area = int(hp * wp * s_scale)
+    h = min(max(1, round(math.sqrt(area * ar))), hp)
+    w = min(max(1, round(math.sqrt(area / ar))), wp)
+    return t, h, w
 
 
 def default_mask_specs() -> list[MaskSpec]:

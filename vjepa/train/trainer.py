@@ -48,6 +48,10 @@ from vjepa.utils import resolve_device
 log = logging.getLogger(__name__)
 
 
+class LossGuardError(RuntimeError):
+    """The loss guard stopped the run (too many non-finite steps in a row); `vjepa` prints it as one line."""
+
+
 @dataclass(frozen=True)
 class StepResult:
     loss: float  # nan when the step was skipped for a non-finite loss
@@ -333,7 +337,7 @@ def loop(run: Run, start: int, signals: StopSignals) -> TrainSummary:
                 last = result.loss
             logger.log(step, step_metrics(result, batch, run, skipped, t1 - t0, t2 - t0))
             if bad_in_a_row >= cfg.train.max_bad_steps:
-                raise RuntimeError(
+                raise LossGuardError(
                     f"{bad_in_a_row} consecutive non-finite steps (train.max_bad_steps="
                     f"{cfg.train.max_bad_steps}); stopping. The last checkpoint in {run.ckpts.root} is intact."
                 )
