@@ -24,11 +24,11 @@ from vjepa.config import (
     ModelConfig,
     OptimConfig,
     TrainConfig,
-    _YamlLoader,
     load_config,
     save_config,
     to_dict,
 )
+from vjepa.yaml_reader import _YamlLoader
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted(
