@@ -10,7 +10,7 @@ imports only them, everything else is internal.
 - Config checks, shared with the vjepa config tree: `check`, `check_choice`, `check_choices`,
   `check_finite`, `check_fields` (both) and `literal_values` (allowed values are `Literal[...]` types).
 - Errors that stop a run on bad data (the `vjepa` command prints them as one line): `TooManyBadSamplesError`,
-  `HungDecodesError`.
+  `HungDecodesError`, `HungReadsError`.
 
 Names are imported on first use, so that `import data_pipelines.sources` (or reading a config) does not
 load PyTorch, torchvision or PyAV.
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from data_pipelines.loader import build_loader
     from data_pipelines.masking import MaskGenerator, MaskSpec, default_mask_specs
     from data_pipelines.shard_writer import pack_videos
-    from data_pipelines.sources import list_videos
+    from data_pipelines.sources import HungReadsError, list_videos
     from data_pipelines.stream import BatchStream, build_train_stream
     from data_pipelines.synthetic import CLASS_NAMES, render_video, write_synthetic_dataset
     from data_pipelines.transforms import normalize
@@ -65,6 +65,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "CLASS_NAMES": "synthetic",
     "TooManyBadSamplesError": "bad_samples",
     "HungDecodesError": "bad_samples",
+    "HungReadsError": "sources",
     "check": "checks",
     "check_choice": "checks",
     "check_choices": "checks",
@@ -80,6 +81,7 @@ __all__ = [
     "EvalClipSpec",
     "EvalVideo",
     "HungDecodesError",
+    "HungReadsError",
     "MaskBatch",
     "MaskGenerator",
     "MaskSpec",

@@ -173,6 +173,21 @@ def test_a_non_finite_loss_stop_is_one_line(tmp_path, capsys, monkeypatch):
     assert "LossGuardError" in (run / ERROR_LOG).read_text()
 
 
+def test_every_data_stop_is_one_line(tmp_path, capsys, monkeypatch):
+    import data_pipelines
+    from vjepa.train import trainer
+
+    for name in ("TooManyBadSamplesError", "HungDecodesError", "HungReadsError"):
+        error = getattr(data_pipelines, name)
+
+        def stops(cfg, error=error):
+            raise error(f"{error.__name__} stopped the run\n(second line)")
+
+        monkeypatch.setattr(trainer, "train", stops)
+        assert main(["train", *TINY, f"train.out_dir={tmp_path / name}"]) == 2
+        assert _error_lines(capsys) == [f"vjepa: error: {name} stopped the run; (second line)"]
+
+
 # ----------------------------------------------------------------------------- the one-line form
 
 

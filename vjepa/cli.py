@@ -2,10 +2,10 @@
 arguments and calls the library.
 
 Its promise: a mistake the user can fix prints one line, `vjepa: error: ...`, and exits with status 2. That
-covers every ValueError (a bad config, bad data, a bad checkpoint) and the RuntimeErrors that stop a run for a
-reason the user must look at (too many bad samples, hung decodes, a loss that stays non-finite). The traceback
-is shown under `vjepa --debug ...`, and a training run also appends it to `<train.out_dir>/errors.log`. Any
-other exception is a bug and keeps its traceback.
+covers every ValueError (a bad config, bad data, a bad checkpoint) and the RuntimeErrors that stop a run for
+a reason the user must look at (too many bad samples, hung decodes or reads, a loss that stays non-finite).
+The traceback is shown under `vjepa --debug ...`, and a training run also appends it to
+`<train.out_dir>/errors.log`. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def stop_errors() -> tuple[type[BaseException], ...]:
     found: list[type[BaseException]] = []
     data = sys.modules.get("data_pipelines")
     if data is not None:
-        found += [data.TooManyBadSamplesError, data.HungDecodesError]
+        found += [data.TooManyBadSamplesError, data.HungDecodesError, data.HungReadsError]
     trainer = sys.modules.get("vjepa.train.trainer")
     if trainer is not None:
         found.append(trainer.LossGuardError)
