@@ -63,7 +63,7 @@ def collapse_stats(
 
     The covariance uses at most `max_tokens` real tokens, drawn without replacement by `generator` (a CPU
     generator; by default one seeded with 0, so the global RNG and with it training are untouched).
-    `clip_const` uses every real token. Computed in float64 on the tokens' device.
+    `clip_const` uses every real token. Computed on the tokens' device (reductions in float64).
     """
     if tokens.ndim != 3:
         raise ValueError(f"collapse_stats: tokens must be [B, N, D], got shape {tuple(tokens.shape)}")
@@ -75,26 +75,26 @@ def collapse_stats(
         )
     if max_tokens < 2:
         raise ValueError(f"collapse_stats: max_tokens must be >= 2, got {max_tokens}")
-    x = tokens.detach().double()
-    valid = valid.to(x.device, torch.bool)
-    flat = x[valid]  # [M_all, D]
-    if flat.shape[0] < 2:
+    valid = valid.to(tokens.device, torch.bool)
+    # [B, N, D], padding zeroed (it may hold anything); float64 only for reductions and the small covariance
+    x = torch.where(valid[..., None], tokens.detach().float(), 0.0)
+    rows = valid.flatten().nonzero().flatten()  # indices of the real tokens in [B*N]
+    if len(rows) < 2:
         return {"eff_dim": 0.0, "eff_rank": 0.0, "clip_const": 0.0}
-    if flat.shape[0] > max_tokens:
+    if len(rows) > max_tokens:
         generator = generator or torch.Generator().manual_seed(0)
-        keep = torch.randperm(flat.shape[0], generator=generator)[:max_tokens].to(x.device)
-        sample = flat[keep]  # [M, D]
-    else:
-        sample = flat
+        rows = rows[torch.randperm(len(rows), generator=generator)[:max_tokens].to(rows.device)]
+    sample = x.flatten(0, 1)[rows].double()  # [M, D]
     stats = spectrum_stats(_covariance_eigenvalues(sample))
 
     # Between-clip share of the variance: per-clip means weighted by their token counts.
-    weight = valid.to(x.dtype)  # [B, N]
-    count = weight.sum(1)  # [B]
-    clip_mean = (x * weight[..., None]).sum(1) / count.clamp_min(1.0)[:, None]  # [B, D]
-    grand = flat.mean(0)  # [D]
-    total = float(((flat - grand) ** 2).sum())
-    between = float((count[:, None] * (clip_mean - grand) ** 2).sum())
+    weight = valid.to(x.dtype)[..., None]  # [B, N, 1]
+    count = weight.sum((1, 2)).double()  # [B]
+    sums = (x * weight).sum(1).double()  # [B, D]
+    grand = sums.sum(0) / count.sum()  # [D]
+    total = float(((x - grand.float()) * weight).square().sum(dtype=torch.float64))
+    clip_mean = sums / count.clamp_min(1.0)[:, None]  # [B, D]
+    between = float((count[:, None] * (clip_mean - grand).square()).sum())
     stats["clip_const"] = between / total if total > _EPS else 1.0
     return stats
 
