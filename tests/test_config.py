@@ -669,3 +669,39 @@ def test_missing_source_paths_are_found_before_anything_is_written(tmp_path: Pat
         load_config(overrides=[*files, f"data.sources=[{{path: '{tmp_path}', kind: csv}}]"], check_paths=True)
     url = "data.sources=[{path: 'http://localhost:1/shard-{0..3}.tar'}]"
     assert load_config(overrides=[*files, url], check_paths=True).data.sources[0].path.startswith("http")
+
+
+@pytest.mark.slow
+def test_the_deepspeed_key_lists_match_the_installed_deepspeed() -> None:
+    """The lists are DeepSpeed 0.19.8's; with another version installed this says what to add or drop."""
+    deepspeed = pytest.importorskip("deepspeed")
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+    from vjepa.config import DEEPSPEED_KEYS, DEEPSPEED_ZERO_KEYS
+
+    fields = DeepSpeedZeroConfig.model_fields
+    zero = set(fields) | {f.alias for f in fields.values() if f.alias}
+    assert zero == DEEPSPEED_ZERO_KEYS, (deepspeed.__version__, zero ^ DEEPSPEED_ZERO_KEYS)
+
+    read: set[str] = set()
+
+    class Recording(dict):  # the top-level keys DeepSpeedConfig looks up while it parses
+        def get(self, key, *default):
+            read.add(key)
+            return super().get(key, *default)
+
+        def __getitem__(self, key):
+            read.add(key)
+            return super().__getitem__(key)
+
+        def __contains__(self, key):
+            read.add(key)
+            return super().__contains__(key)
+
+        def keys(self):
+            return self  # `key in d.keys()` is then recorded too
+
+    batch = {"train_batch_size": 1, "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1}
+    DeepSpeedConfig(Recording(batch))
+    assert read == DEEPSPEED_KEYS, (deepspeed.__version__, read ^ DEEPSPEED_KEYS)
