@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -154,10 +154,12 @@ def probe_features(
     probes: dict[str, ProbeConfig],
     *,
     seeds: tuple[int, ...] = (0,),
+    seeds_for: Mapping[str, tuple[int, ...]] | None = None,
     device: torch.device | str = "cpu",
 ) -> dict[str, dict[str, Any]]:
     """Trains every probe of `probes` once per seed (the seed replaces the config's; a deterministic probe,
-    L-BFGS on all labels, runs the first seed only) and summarises each:
+    L-BFGS on all labels, runs the first seed only; `seeds_for` gives probes seeds of their own) and
+    summarises each:
     {probe: {"top1" (mean over seeds), "se" (binomial, n val videos), "train_top1", "per_seed", "n_val",
     "confusion" [K][K] (rows: true class, summed over seeds), "correct" [n_val] float tensor (share of seeds
     right on each val video; for paired margins, not JSON)}}."""
@@ -167,7 +169,8 @@ def probe_features(
     out: dict[str, dict[str, Any]] = {}
     for name, base in probes.items():
         deterministic = base.solver == "lbfgs" and base.labels_per_class is None
-        used = seeds[:1] if deterministic else seeds
+        used = (seeds_for or {}).get(name, seeds)
+        used = used[:1] if deterministic else used
         runs = [train_probe(train, val, replace(base, seed=s), device=device, predictions=True) for s in used]
         predicted = torch.tensor([r["val_predicted"] for r in runs])  # [seeds, n_val]
         correct = (predicted == val.labels[None]).float().mean(0)  # [n_val]
@@ -197,6 +200,7 @@ def evaluate_sources(
     probes: dict[str, ProbeConfig],
     *,
     seeds: tuple[int, ...] = (0,),
+    seeds_for: Mapping[str, tuple[int, ...]] | None = None,
     num_classes: int | None = None,
     grid: tuple[int, int, int] | None = None,
     extract_batch: int = 16,
@@ -228,7 +232,7 @@ def evaluate_sources(
         torch.set_num_threads(probe_threads or threads)
         try:
             results[name] = probe_features(
-                features["train"], features["val"], probes, seeds=seeds, device=device
+                features["train"], features["val"], probes, seeds=seeds, seeds_for=seeds_for, device=device
             )
         finally:
             torch.set_num_threads(threads)

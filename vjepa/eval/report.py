@@ -21,6 +21,10 @@ def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:+.1f}"
 
 
+def _paired(x: float | None) -> str:
+    return "" if x is None else f" {x:+.1f}p"
+
+
 def _monitor_line(monitors: Mapping[str, Any]) -> str:
     parts = []
     for prefix in ("target", "pred"):
@@ -57,7 +61,7 @@ def format_table(report: Mapping[str, Any]) -> list[str]:
         text = (
             "-"
             if m is None
-            else f"{m['margin']:+.3f} {_num(m['margin_in_se'])} SE {_num(m['margin_in_paired_se'])}p"
+            else f"{m['margin']:+.3f} {_num(m['margin_in_se'])} SE" + _paired(m["margin_in_paired_se"])
         )
         margin_cells.append(text.ljust(CELL))
     lines.append("margin".ljust(14) + "".join(margin_cells))
