@@ -99,7 +99,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="labelled dataset DIR: DIR/train and DIR/val (tar shards or class folders) or DIR/train.csv and "
         "DIR/val.csv ('path label' lines); default: rendered motion clips",
     )
-    p.add_argument("--config", default=None, help=f"training config (default: the bundled {DEMO_CONFIG!r})")
+    p.add_argument(
+        "--config",
+        default=None,
+        help=f"training config (default: the bundled {DEMO_CONFIG!r}, else {FALLBACK_CONFIG!r} + a small-batch recipe)",
+    )
     p.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the mode's)")
     p.add_argument("--train-videos", type=int, default=None, help="rendered labelled training clips")
     p.add_argument("--val-videos", type=int, default=None, help="rendered validation clips")
@@ -138,7 +142,8 @@ def small_batch_recipe(steps: int) -> list[str]:
     """The training recipe until the bundled demo config ships: the quickstart config with a tiny encoder
     and the small-batch settings (lower lr, warmup 10 %, clipping, constant weight decay, EMA from 0.99)."""
     return [
-        "model.name=vit_micro", "data.frames_per_clip=16", "data.crop_size=64", "data.batch_size=16",
+        "model.name=vit_micro", "model.pred_depth=2", "data.frames_per_clip=16", "data.crop_size=64",
+        "data.batch_size=16",
         "optim.lr=2e-4", "optim.start_lr=2e-5", "optim.final_lr=2e-6", f"optim.warmup_steps={max(1, steps // 10)}",
         "optim.weight_decay=0.04", "optim.final_weight_decay=0.04", "optim.grad_clip=1.0", "optim.ema_start=0.99",
         "optim.schedule_scale=1.0", "train.precision=fp32", "train.device=cpu", f"train.steps={steps}",
