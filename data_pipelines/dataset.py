@@ -2,24 +2,29 @@
 
 Shape legend: B clips per batch (V videos x C clips each), T frames, S crop pixels, K decoded frames.
 
-Which batches a worker builds: the rank's stream of positions (epoch, batch) from `start` on, every W-th
-one for worker w of W, which is the order in which DataLoader collects from its workers. What a batch holds
-is `plan.EpochPlan`'s business: the samples of its block that load, so it depends only on the position and
-any worker (or a resumed loader) builds the same batch. Its samples are decoded one sample ahead on the
-decoder's helper thread, so decoding the next video overlaps cropping this one. A failed sample is skipped
-and counted in its block's `SkipStats`, never retried or counted by another block. A block whose samples
-all fail yields no batch with one rank (`None`, with its counts); with several ranks it yields one repeated
-sample, the first loadable one after it, so that every rank still yields the same number of batches.
+What a batch holds: the next samples of the rank's epoch order (`plan.EpochPlan`) from its start position
+until V of them load; a sample that fails is skipped, logged and counted there, once. So batch i + 1
+starts where batch i ended, which is known only once batch i is built. With one rank an epoch ends at the
+end of the rank's order: a shorter last batch with data.drop_last=False, none with drop_last=True (its
+samples are still tried and counted). With several ranks every epoch has `num_batches` batches, so that
+all ranks yield the same number: a rank whose bad samples leave it short fills its last batches with
+samples from the start of its order again (repeats, neither logged nor counted twice).
 
-Randomness: each sample's generator is seeded from (seed, rank, epoch, batch, k), k the sample's place in
-its block (V + i for the i-th sample tried as a repeat), not the worker, so batches do not depend on the
-worker count; masks come from `mask_generator(B, worker=0, step=step)`, the step being unique per rank.
-No global RNG is touched.
+Which batches a worker builds: batches i = w, w + W, w + 2W, ... of the iteration for worker w of W,
+which is the order in which DataLoader collects from its workers. Worker w learns where batch i starts
+from the `chain.Chain` that the worker of batch i - 1 publishes its end to. While it waits, it works ahead
+on a guess of that start (the last published end plus V per batch in between): it reads, decodes and
+crops up to V samples there and keeps the crops (small), which serve its batch when the guess holds, as
+it does unless bad samples moved the start. Samples are decoded one ahead on the decoder's helper thread,
+so decoding the next video overlaps cropping this one.
+
+Randomness: each sample's generator is seeded from (seed, rank, epoch, position in the rank's order), so a
+sample's clips do not depend on the batch it lands in, the worker or the worker count; masks come from
+`mask_generator(B, worker=0, step=step)`, the step being unique per rank. No global RNG is touched.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +36,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from data_pipelines.bad_samples import BadSampleError, SkipStats, TooManyBadSamplesError
 from data_pipelines.batch import MaskFn, VideoBatch
+from data_pipelines.chain import Chain
 from data_pipelines.config import DataConfig
 from data_pipelines.decode import DecodedVideo, IndexPicker, VideoDecoder
 from data_pipelines.plan import EpochPlan
@@ -43,23 +49,26 @@ __all__ = ["BatchInfo", "ClipDataset", "MaskFn", "Position"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Key = tuple[int, int]  # (epoch, position in the rank's order)
 
 
 @dataclass(frozen=True)
 class Position:
-    """Where a rank's data stream stands: batch `batch` of epoch `epoch` is next; `step` blocks done (the
-    batches delivered, plus any block whose samples all failed)."""
+    """Where a rank's data stream stands: batch `batch` of epoch `epoch` is next and starts at position
+    `cursor` of the rank's epoch order; `step` batches done (counting those that yielded nothing)."""
 
     epoch: int = 0
     batch: int = 0
+    cursor: int = 0
     step: int = 0
 
 
 @dataclass
 class BatchInfo:
-    """Travels with each batch from the worker: its position and the samples it tried and skipped."""
+    """Travels with each batch from the worker: where it started and ended, and what it tried and skipped."""
 
     position: Position
+    end: int  # the position after its last sample
     skips: SkipStats = field(default_factory=SkipStats)
 
 
@@ -73,6 +82,17 @@ class _Fetch:
     label: int = -1
     wait: Callable[[], DecodedVideo] | None = None  # -> frames [C, T, H, W, 3] at clip indices [C, T]
     error: str = ""  # a message, not the exception: a stored exception would hold this object in a cycle
+
+
+@dataclass
+class _Loaded:
+    """A sample read, decoded and cropped: its clips [3, T, S, S] each, or why it cannot be used."""
+
+    unit: Unit
+    entry: SampleEntry
+    label: int
+    clips: list[torch.Tensor] | None
+    error: str = ""
 
 
 def one_ahead(items: Iterator[T]) -> Iterator[T]:
@@ -98,9 +118,59 @@ def _stack(clips: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(clips, out=out)
 
 
+class _Samples:
+    """One worker's samples by (epoch, position): loads them, with the next one's decode queued ahead,
+    and keeps those loaded ahead of need (while waiting for a batch start) until they are asked for."""
+
+    def __init__(self, dataset: ClipDataset, reader: SampleReader, decoder: VideoDecoder) -> None:
+        self.dataset, self.reader, self.decoder = dataset, reader, decoder
+        self.pending: dict[Key, _Fetch] = {}  # decoding
+        self.done: dict[Key, _Loaded] = {}  # loaded ahead of need
+
+    def get(self, key: Key, ahead: Key | None) -> _Loaded:
+        """Sample `key`, queueing the decode of `ahead` first."""
+        loaded = self.done.pop(key, None)
+        fetch = None if loaded is not None else self.pending.pop(key, None) or self._fetch(key)
+        if ahead is not None and ahead not in self.pending and ahead not in self.done:
+            self.pending[ahead] = self._fetch(ahead)
+        return loaded if loaded is not None else self._load(fetch)  # type: ignore[arg-type]
+
+    def prepare(self, key: Key, ahead: Key | None) -> None:
+        self.done[key] = self.get(key, ahead)
+
+    def forget_before(self, key: Key) -> None:
+        """Drops what was loaded or queued ahead for positions before `key` (another batch's samples)."""
+        for store in (self.pending, self.done):
+            for k in [k for k in store if k < key]:
+                del store[k]
+
+    def _fetch(self, key: Key) -> _Fetch:
+        """Reads the sample's bytes and queues its decode."""
+        epoch, position = key
+        d = self.dataset
+        unit, entry = d.plan(epoch).sample(position)
+        rng = np.random.default_rng([d.seed, d.rank, epoch, position])
+        fetch = _Fetch(unit, entry, rng)
+        try:
+            raw = self.reader.read(unit, entry)
+            fetch.label = raw.label
+            fetch.wait = self.decoder.submit(raw.data, d.picker(rng))
+        except BadSampleError as err:
+            fetch.error = str(err)
+        return fetch
+
+    def _load(self, fetch: _Fetch) -> _Loaded:
+        try:
+            clips = self.dataset.clips(fetch)
+        except BadSampleError as err:
+            return _Loaded(fetch.unit, fetch.entry, fetch.label, None, str(err))
+        return _Loaded(fetch.unit, fetch.entry, fetch.label, clips)
+
+
 class ClipDataset(IterableDataset):
     """Yields (VideoBatch, BatchInfo) for the stream starting at `self.start`, this worker's share (the batch
-    is None for a block whose samples all failed, with one rank)."""
+    is None where one rank's epoch ends without a batch to deliver). `chain` is set by the loader before
+    the workers start; without one, batch ends stay in the process."""
 
     def __init__(
         self,
@@ -116,6 +186,7 @@ class ClipDataset(IterableDataset):
         self.mask_generator = mask_generator
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.start = Position()
+        self.chain: Chain | None = None
         self._plans: dict[int, EpochPlan] = {}
 
     def plan(self, epoch: int) -> EpochPlan:
@@ -136,61 +207,136 @@ class ClipDataset(IterableDataset):
             )
         return self._plans[epoch]
 
-    def stream(self) -> Iterator[Position]:
-        """Positions from `start` on: to the end of its epoch, or forever when `resampled`."""
-        epoch, batch, step = self.start.epoch, self.start.batch, self.start.step
-        while True:
-            while batch < self.plan(epoch).num_batches:
-                yield Position(epoch, batch, step)
-                batch, step = batch + 1, step + 1
-            if not self.cfg.resampled:
-                return
-            epoch, batch = epoch + 1, 0
+    def after(self, position: Position, end: int) -> Position | None:
+        """Where the batch after the one at `position` (which ended at `end`) starts; None when the stream
+        ends there (the end of an epoch without `resampled`)."""
+        plan = self.plan(position.epoch)
+        if self.world_size > 1:
+            over = position.batch + 1 >= plan.num_batches
+        else:
+            over = end >= plan.rank_samples
+        if not over:
+            return Position(position.epoch, position.batch + 1, end, position.step + 1)
+        if not self.cfg.resampled:
+            return None
+        return Position(position.epoch + 1, 0, 0, position.step + 1)
 
     def __iter__(self) -> Iterator[tuple[VideoBatch | None, BatchInfo]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        chain = self.chain if self.chain is not None else Chain()
         reader = SampleReader(timeout_s=self.cfg.decode_timeout_s)
-        decoder = VideoDecoder(self.cfg.decoder, timeout_s=self.cfg.decode_timeout_s)
+        samples = _Samples(self, reader, VideoDecoder(self.cfg.decoder, timeout_s=self.cfg.decode_timeout_s))
         local = SkipStats()  # this worker's tries, for an early stop before the main process sees them
-        mine, ahead = itertools.tee(p for i, p in enumerate(self.stream()) if i % workers == worker)
-        fetches = one_ahead(self._fetch(p, k, u, e, reader, decoder) for p, k, u, e in self._planned(ahead))
         try:
-            for position in mine:
-                batch, skips = self._make_batch(position, fetches, reader, decoder)
+            for i in range(worker, 2**62, workers):
+                position = self.start if i == 0 else self._start_of(i, chain, samples, workers)
+                if position is None:
+                    chain.publish(i, None)
+                    return
+                batch, end, skips = self._make_batch(position, samples, workers)
+                chain.publish(i, (position.epoch, position.batch, end))
                 local.merge(skips)
                 local.check(self.cfg.max_skip_fraction, self.cfg.skip_check_min_samples)
-                yield batch, BatchInfo(position, skips)
+                yield batch, BatchInfo(position, end, skips)
         finally:
             reader.close()
 
-    def _planned(self, positions: Iterator[Position]) -> Iterator[tuple[Position, int, Unit, SampleEntry]]:
-        """The planned samples of each position's block in turn."""
-        for position in positions:
-            for k, (unit, entry) in enumerate(self.plan(position.epoch).block(position.batch)):
-                yield position, k, unit, entry
+    def _start_of(self, i: int, chain: Chain, samples: _Samples, workers: int) -> Position | None:
+        """Where batch i of the iteration starts, once batch i - 1 is published; meanwhile loads up to V
+        samples from a guess of it."""
+        guess = self._guess(i, chain)
+        budget = 0
+        if guess is not None:  # V samples, within the rank's order
+            plan = self.plan(guess[0])
+            budget = min(plan.videos_per_batch, plan.rank_samples - guess[1])
+        while (link := chain.get(i - 1)) is False:
+            if guess is None or budget == 0:
+                link = chain.wait(i - 1)
+                break
+            samples.prepare(guess, (guess[0], guess[1] + 1))
+            guess, budget = (guess[0], guess[1] + 1), budget - 1
+        if link is None:
+            return None
+        epoch, batch, end = link
+        return self.after(Position(epoch, batch, 0, self.start.step + i - 1), end)
 
-    def _fetch(
-        self,
-        position: Position,
-        k: int,
-        unit: Unit,
-        entry: SampleEntry,
-        reader: SampleReader,
-        decoder: VideoDecoder,
-    ) -> _Fetch:
-        """Reads the sample's bytes and queues its decode."""
-        rng = np.random.default_rng([self.seed, self.rank, position.epoch, position.batch, k])
-        fetch = _Fetch(unit, entry, rng)
-        try:
-            raw = reader.read(unit, entry)
-            fetch.label = raw.label
-            fetch.wait = decoder.submit(raw.data, self._picker(rng))
-        except BadSampleError as err:
-            fetch.error = str(err)
-        return fetch
+    def _guess(self, i: int, chain: Chain) -> Key | None:
+        """Where batch i probably starts: the newest published end plus V for each batch in between; None
+        when that crosses the end of an epoch."""
+        latest = chain.latest(before=i)
+        if latest is None:
+            position: Position | None = self.start
+            first = 0
+        else:
+            k, (epoch, batch, end) = latest
+            position = self.after(Position(epoch, batch, 0, self.start.step + k), end)
+            first = k + 1
+        if position is None:
+            return None
+        plan = self.plan(position.epoch)
+        cursor = position.cursor + (i - first) * plan.videos_per_batch
+        if cursor >= plan.rank_samples or position.batch + i - first >= plan.num_batches:
+            return None
+        return position.epoch, cursor
 
-    def _picker(self, rng: np.random.Generator) -> IndexPicker:
+    def _make_batch(
+        self, position: Position, samples: _Samples, workers: int
+    ) -> tuple[VideoBatch | None, int, SkipStats]:
+        """(batch, end, counts) for the batch starting at `position`; the batch is None where a rank's
+        epoch ends without one to deliver."""
+        plan = self.plan(position.epoch)
+        v, size = plan.videos_per_batch, plan.rank_samples
+        repeats = self.world_size > 1 and (self.cfg.drop_last or position.cursor >= size)
+        samples.forget_before((position.epoch, position.cursor))
+        chosen: list[_Loaded] = []
+        skips = SkipStats()
+        p, misses = position.cursor, 0
+        while len(chosen) < v and (p < size or repeats or (self.world_size > 1 and not chosen)):
+            last = len(chosen) == v - 1  # if it loads: then queue where this worker's next batch starts
+            ahead = p + 1 + (workers - 1) * v if last else p + 1
+            sample = samples.get((position.epoch, p), (position.epoch, ahead) if ahead < size else None)
+            if p < size:  # (positions past the end of the order are repeats, counted where they came first)
+                skips.record(sample.unit.shard, None if sample.clips is not None else sample.entry.key)
+                if sample.clips is None:
+                    log.warning(
+                        "skipping sample %s (shard %s): %s", sample.entry.key, sample.unit.shard, sample.error
+                    )
+            p += 1
+            if sample.clips is not None:
+                chosen.append(sample)
+                misses = 0
+            elif (misses := misses + 1) >= size:
+                raise TooManyBadSamplesError(
+                    f"epoch {position.epoch}: none of rank {self.rank}'s {size} samples loads; worst shards: "
+                    f"{skips.worst_shards()}"
+                )
+        if not chosen or (len(chosen) < v and self.cfg.drop_last and self.world_size == 1):
+            return None, p, skips
+        if p > size:  # it took samples past the end of the rank's order
+            log.warning(
+                "epoch %d batch %d of rank %d: the rank's order ran out (bad samples); repeating samples so "
+                "that every rank yields the same number of batches",
+                position.epoch,
+                position.batch,
+                self.rank,
+            )
+        clips = [c for s in chosen for c in s.clips]  # type: ignore[union-attr]
+        per_clip = [(s.label, s.entry.key) for s in chosen for _ in s.clips]  # type: ignore[union-attr]
+        masks = (
+            []
+            if self.mask_generator is None
+            else self.mask_generator(len(clips), worker=0, step=position.step)
+        )
+        batch = VideoBatch(
+            clips=_stack(clips),  # [B, 3, T, S, S] uint8
+            labels=torch.tensor([label for label, _ in per_clip], dtype=torch.int64),
+            masks=masks,
+            keys=[key for _, key in per_clip],
+        )
+        return batch, p, skips
+
+    def picker(self, rng: np.random.Generator) -> IndexPicker:
         c = self.cfg
 
         def pick(num_frames: int, video_fps: float) -> np.ndarray:
@@ -207,7 +353,7 @@ class ClipDataset(IterableDataset):
 
         return pick
 
-    def _clips(self, fetch: _Fetch) -> list[torch.Tensor]:
+    def clips(self, fetch: _Fetch) -> list[torch.Tensor]:
         """The sample's C augmented clips [3, T, S, S] uint8; BadSampleError if it cannot be used."""
         if fetch.wait is None:
             raise BadSampleError(fetch.error)
@@ -226,68 +372,3 @@ class ClipDataset(IterableDataset):
             )
             for frames in clips
         ]
-
-    def _make_batch(
-        self, position: Position, fetches: Iterator[_Fetch], reader: SampleReader, decoder: VideoDecoder
-    ) -> tuple[VideoBatch | None, SkipStats]:
-        """Batch `position` from the loadable samples among its block's next fetches (None: all failed)."""
-        plan = self.plan(position.epoch)
-        clips: list[torch.Tensor] = []  # [3, T, S, S] each
-        labels: list[int] = []
-        keys: list[str] = []
-        skips = SkipStats()
-        for fetch in itertools.islice(fetches, plan.block_size(position.batch)):
-            try:
-                sample_clips = self._clips(fetch)
-            except BadSampleError as err:
-                log.warning("skipping sample %s (shard %s): %s", fetch.entry.key, fetch.unit.shard, err)
-                skips.record(fetch.unit.shard, fetch.entry.key)
-                continue
-            skips.record(fetch.unit.shard)
-            clips.extend(sample_clips)
-            labels.extend([fetch.label] * len(sample_clips))
-            keys.extend([fetch.entry.key] * len(sample_clips))
-        if not keys:
-            if self.world_size == 1:
-                return None, skips
-            fetch, clips = self._repeat(position, reader, decoder)  # ranks' batch counts must stay equal
-            labels, keys = [fetch.label] * len(clips), [fetch.entry.key] * len(clips)
-        masks = (
-            []
-            if self.mask_generator is None
-            else self.mask_generator(len(keys), worker=0, step=position.step)
-        )
-        batch = VideoBatch(
-            clips=_stack(clips),  # [B, 3, T, S, S] uint8
-            labels=torch.tensor(labels, dtype=torch.int64),
-            masks=masks,
-            keys=keys,
-        )
-        return batch, skips
-
-    def _repeat(
-        self, position: Position, reader: SampleReader, decoder: VideoDecoder
-    ) -> tuple[_Fetch, list[torch.Tensor]]:
-        """The first loadable sample after a block whose samples all failed, and its clips. The samples
-        tried here belong to other blocks, which count them: nothing is recorded."""
-        plan = self.plan(position.epoch)
-        v = plan.videos_per_batch
-        for k, (unit, entry) in enumerate(plan.after(position.batch), start=v):
-            fetch = self._fetch(position, k, unit, entry, reader, decoder)
-            try:
-                clips = self._clips(fetch)
-            except BadSampleError:
-                continue
-            log.warning(
-                "epoch %d batch %d: all %d samples failed; repeating sample %s so that every rank yields "
-                "the same number of batches",
-                position.epoch,
-                position.batch,
-                plan.block_size(position.batch),
-                entry.key,
-            )
-            return fetch, clips
-        raise TooManyBadSamplesError(
-            f"epoch {position.epoch} batch {position.batch}: none of rank {self.rank}'s "
-            f"{plan.rank_samples} samples loads"
-        )

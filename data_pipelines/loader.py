@@ -2,30 +2,32 @@
 
 Shape legend: B clips per batch (V videos x C clips each), T frames, S crop pixels.
 
-Splitting. `plan.EpochPlan` fixes, for every (epoch, rank, batch j), which samples make block j: ranks
-read disjoint contiguous ranges of the seeded epoch order, all of the same length, so every rank yields the
-same number of batches. Workers split a rank's batches round-robin (`dataset.ClipDataset`): worker w builds
-the stream's batches w, w + W, w + 2W, ... which is the order in which DataLoader collects from its workers,
-so batches arrive in stream order (each carries its position, and the loader checks it). Each batch is
-built whole in one worker (samples, decode, crop, masks) and travels as uint8.
+Splitting. `plan.EpochPlan` fixes, for every (epoch, rank), the order in which the rank reads its samples:
+ranks read disjoint contiguous ranges of the seeded epoch order, all of the same length. Workers split a
+rank's batches round-robin (`dataset.ClipDataset`): worker w builds the stream's batches w, w + W, ...
+which is the order in which DataLoader collects from its workers, so batches arrive in stream order (each
+carries its position, and the loader checks it). Each batch is built whole in one worker (samples, decode,
+crop, masks) and travels as uint8.
 
-Bad samples. Batch j holds the samples of block j that load: a sample that fails is skipped, logged and
-counted once, in its own block, and not replaced, so such a batch has fewer than `data.batch_size` clips.
-Replacing it would take a sample from a later block, which that block's worker (another process, building
-in parallel) cannot know without decoding this block itself; the batch would then depend on earlier
-batches' decode results, and resume and the worker split would no longer be exact. In exchange, within an
-epoch every sample of the rank's range is tried once and every loadable one is delivered at most once
-(exactly once with `data.drop_last=false`, whose last batch is the shorter remainder instead of a padded
-one); `stats()["skipped"]`, which feeds the trainer's `data_skipped` and `data.max_skip_fraction`, counts
-each bad sample once, whatever the batch size and the number of workers. A block whose samples all fail
-yields no batch with one rank (the epoch is then shorter than `len()`); with several ranks it yields one
-sample repeated from later in the epoch (logged), so that every rank still yields the same number of
-batches.
+Bad samples. A batch takes the next samples of the rank's order until V of them load; a sample that fails
+is skipped, logged and counted once, by the batch it falls in, and the next batch starts after it. So
+positions are sample cursors, not batch indices: batch i + 1 starts where batch i ended, which the worker
+of batch i publishes to the others (`chain.Chain`; the waiting worker works ahead on a guess, which holds
+unless bad samples moved the start). Within an epoch every sample of the rank's range is tried once and
+every loadable one delivered at most once: exactly once with `data.drop_last=false` (the last batch is the
+shorter remainder), all but the remainder short of a batch with `drop_last=true` (tried and counted, not
+delivered). `stats()["skipped"]`, which feeds the trainer's `data_skipped` and `data.max_skip_fraction`,
+thus counts each bad sample once, whatever the batch size and the number of workers. Batches have
+`data.batch_size` clips except an epoch's last. With one rank an epoch ends where the rank's order ends,
+so bad samples make it shorter than `len()`. With several ranks every epoch has `len()` batches, so that
+all ranks yield the same number: a rank whose bad samples leave it short fills its last batches with
+samples from the start of its order again (logged as repeats).
 
-Resume. The data position is (epoch, batch j, step: blocks done) and batch contents depend only on it, not
-on earlier batches or on the worker that builds them. A restored loader starts its stream at the saved
-position: the workers seek straight to their samples' tar members and never read or decode the batches
-before it. The worker count may even change between save and restore.
+Resume. The data position is (epoch, batch, cursor: the position in the rank's order where that batch
+starts, step) and a batch depends only on it, not on earlier batches or on the worker that builds it. A
+restored loader starts its stream at the saved cursor: the workers seek straight to their samples' tar
+members and never read or decode the samples before it. The worker count may even change between save
+and restore.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from collections.abc import Iterator
 
 from torch.utils.data import DataLoader
 
-from data_pipelines.bad_samples import SkipStats
+from data_pipelines.bad_samples import SkipStats, TooManyBadSamplesError
 from data_pipelines.batch import VideoBatch
+from data_pipelines.chain import Chain
 from data_pipelines.config import DataConfig
 from data_pipelines.dataset import BatchInfo, ClipDataset, MaskFn, Position
 from data_pipelines.sources import load_sources
@@ -80,24 +83,26 @@ class VideoLoader:
         self._skips = SkipStats()
         self._clips = 0
 
-    def _normalized(self) -> Position:
-        p = self._position
-        while p.batch >= self.dataset.plan(p.epoch).num_batches:
-            p = Position(p.epoch + 1, 0, p.step)
-        return p
-
     @property
     def epoch(self) -> int:
-        return self._normalized().epoch
+        return self._position.epoch
 
     def __len__(self) -> int:
-        """Blocks in the current epoch, the same on every rank: the batches it yields, except that with one
-        rank a block whose samples all fail yields none."""
+        """Batches in the current epoch without bad samples: the same on every rank, and what every rank
+        yields; with one rank, bad samples can make an epoch shorter."""
         return self.dataset.plan(self.epoch).num_batches
 
+    def _advance(self, info: BatchInfo) -> None:
+        p = info.position
+        assert p.step == self._position.step, f"batch for step {p.step} came at {self._position.step}"
+        following = self.dataset.after(p, info.end)
+        self._position = following if following is not None else Position(p.epoch + 1, 0, 0, p.step + 1)
+        self._skips.merge(info.skips)
+        self._skips.check(self.cfg.max_skip_fraction, self.cfg.skip_check_min_samples)
+
     def __iter__(self) -> Iterator[VideoBatch]:
-        self._position = self._normalized()
-        self.dataset.start = self._position  # workers are created (and copy the dataset) below
+        self.dataset.start = self._position
+        self.dataset.chain = chain = Chain()  # before the workers are created (and copy the dataset) below
         workers = self.cfg.num_workers
         loader = DataLoader(
             self.dataset,
@@ -108,29 +113,40 @@ class VideoLoader:
             prefetch_factor=2 if workers else None,
         )
         batches = iter(loader)
+        # batches in the current epoch (None: it began before this iteration): an epoch without any means
+        # that none of the rank's samples loads
+        delivered: int | None = 0 if self._position.cursor == 0 else None
         try:
             for batch, info in batches:
-                p = info.position
-                assert p.step == self._position.step, f"batch for step {p.step} came at {self._position.step}"
-                self._position = Position(p.epoch, p.batch + 1, p.step + 1)
-                self._skips.merge(info.skips)
-                self._skips.check(self.cfg.max_skip_fraction, self.cfg.skip_check_min_samples)
-                if batch is None:  # every sample of the block failed (one rank): nothing to deliver
-                    continue
-                self._clips += batch.clips.shape[0]
-                yield batch
+                epoch = info.position.epoch
+                self._advance(info)
+                if batch is not None:
+                    delivered = None if delivered is None else delivered + 1
+                    self._clips += batch.clips.shape[0]
+                    yield batch
+                if self._position.epoch != epoch:
+                    if delivered == 0:
+                        raise TooManyBadSamplesError(
+                            f"epoch {epoch}: no sample of rank {self.dataset.rank}'s "
+                            f"{self.dataset.plan(epoch).rank_samples} loads; worst shards: "
+                            f"{self._skips.worst_shards()}"
+                        )
+                    delivered = 0
         finally:
             # stop the workers now, also on an error or an early break: an exception's traceback keeps the
-            # iterator alive, and its workers would otherwise run on (and be forked into later workers)
+            # iterator alive, and its workers would otherwise run on (and be forked into later workers);
+            # a worker waiting for a batch another worker will no longer build stops waiting
+            chain.stop()
             shutdown = getattr(batches, "_shutdown_workers", None)
             if shutdown is not None:
                 shutdown()
 
     def state_dict(self) -> dict:
-        p = self._normalized()
+        p = self._position
         return {
             "epoch": p.epoch,
             "batch": p.batch,
+            "cursor": p.cursor,
             "step": p.step,
             "seed": self.dataset.seed,
             "world_size": self.dataset.world_size,
@@ -149,6 +165,11 @@ class VideoLoader:
                 f"data loader state: not a file loader's position (kind {state.get('kind')!r}, "
                 f"missing {missing}); the checkpoint was saved with another data.dataset"
             )
+        if "cursor" not in state:
+            raise ValueError(
+                "data loader state: saved by an older loader (a batch index, no sample cursor), whose "
+                "position does not apply to this one's batches; resume from a newer checkpoint or start fresh"
+            )
         for key, have in (
             ("seed", self.dataset.seed),
             ("world_size", self.dataset.world_size),
@@ -160,14 +181,16 @@ class VideoLoader:
                     f"data loader state: {key} was {state[key]} when saved, is {have} now; "
                     "the saved position does not apply to this data/layout"
                 )
-        self._position = Position(int(state["epoch"]), int(state["batch"]), int(state["step"]))
+        self._position = Position(
+            int(state["epoch"]), int(state["batch"]), int(state["cursor"]), int(state["step"])
+        )
         self._clips = int(state["clips"])
         self._skips = SkipStats.from_dict(state["skips"])
 
     def stats(self) -> dict:
         """Clips delivered and samples skipped (with keys, per shard) on this rank so far."""
         s = self._skips
-        p = self._normalized()
+        p = self._position
         return {
             "epoch": p.epoch,
             "batch": p.batch,

@@ -1,4 +1,4 @@
-"""Which samples make batch j of epoch e on rank r: a pure function of (seed, epoch, rank, batch).
+"""The order in which rank r reads the samples of epoch e: a pure function of (seed, epoch, rank).
 
 Shape legend: U units (shards or video files) in an epoch, N samples in an epoch, R samples per rank,
 V videos per batch.
@@ -11,24 +11,20 @@ V videos per batch.
 3. A shuffle buffer (seed, epoch, rank) reorders the rank's range: the same order a webdataset-style buffer
    of `shuffle_buffer` samples would give, but computed on sample references, so reads stay within a
    window of nearby shards and no sample has to be read to know the order.
-4. Block j is positions [j V, (j + 1) V) of that order; batch j holds the samples of block j that load.
-   A sample that fails is skipped and counted once, in its own block; it is not replaced by a sample of
-   another block, because which samples fail is known only once they are decoded, and a block that
-   borrowed from the next one would make that block depend on this one's decode results. So a batch's
-   content depends only on its position, never on earlier batches or on which worker builds it: resume
-   is exact (restart at (epoch, j) and read nothing before it), and within an epoch every sample of the
-   rank's range is tried exactly once and every loadable one delivered at most once.
+4. Batches take the next samples of that order until they hold V that load (a sample that fails is
+   skipped and counted once), so a batch is a range of positions and the next batch starts where it
+   ended; `dataset.ClipDataset` finds the ends. The plan fixes only the order: which samples fail is known
+   once they are decoded.
 
-drop_last=True drops the rank's last R mod V positions (not tried that epoch). drop_last=False keeps them
-as a shorter last block, so every loadable sample of the rank's range is delivered exactly once; the rank
-range itself is padded by wrapping around when N is not divisible by the world size (those few samples
-are then read by two ranks).
+The epoch has `num_batches` batches if no sample fails: floor(R / V) with drop_last=True, ceil(R / V)
+with drop_last=False (whose last batch is the shorter remainder). Positions past R wrap around (repeats,
+for several ranks, whose batch counts must stay equal). The rank range itself is padded by wrapping around
+when N is not divisible by the world size with drop_last=False (those few samples are read by two ranks).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -57,7 +53,7 @@ def buffered_shuffle(items: np.ndarray, size: int, rng: np.random.Generator) -> 
 
 
 class EpochPlan:
-    """One epoch's sample order for one rank; block contents are looked up by batch index."""
+    """One epoch's sample order for one rank, looked up by position."""
 
     def __init__(
         self,
@@ -118,20 +114,7 @@ class EpochPlan:
         unit = self.units[int(self.order_u[u])]
         return unit, unit.samples[position - first]
 
-    def block_size(self, batch: int) -> int:
-        """V, or fewer for a drop_last=False epoch's last block."""
-        return min(self.videos_per_batch, self.rank_samples - batch * self.videos_per_batch)
-
-    def block(self, batch: int) -> list[tuple[Unit, SampleEntry]]:
-        """Batch `batch`'s planned samples, in order."""
+    def sample(self, position: int) -> tuple[Unit, SampleEntry]:
+        """The unit and sample at a position of this rank's order (positions past R wrap around)."""
         order = self.rank_order
-        first = batch * self.videos_per_batch
-        return [self.lookup(int(order[first + k])) for k in range(self.block_size(batch))]
-
-    def after(self, batch: int) -> Iterator[tuple[Unit, SampleEntry]]:
-        """The rank's samples after block `batch`, wrapping around, R in all (a repeat to deliver when a
-        whole block fails and the ranks' batch counts must stay equal)."""
-        order = self.rank_order
-        first = (batch + 1) * self.videos_per_batch
-        for k in range(len(order)):
-            yield self.lookup(int(order[(first + k) % len(order)]))
+        return self.lookup(int(order[position % len(order)]))

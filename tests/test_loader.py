@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from itertools import islice
@@ -15,6 +16,7 @@ from conftest import audio_only_mp4, frame_numbers, numbered_frames, rotated_mp4
 
 from data_pipelines import decode
 from data_pipelines.bad_samples import TooManyBadSamplesError
+from data_pipelines.chain import Chain
 from data_pipelines.config import DataConfig, SourceConfig
 from data_pipelines.encode import encode_video
 from data_pipelines.loader import build_loader
@@ -203,12 +205,15 @@ def test_an_epoch_delivers_each_good_sample_once_and_counts_each_bad_one_once(
         assert all(m.batch_size == b.clips.shape[0] for b in batches for m in b.masks)
         stats = loader.stats()
         assert (stats["skipped"], stats["samples_seen"], stats["clips"]) == (6, 23, 17), batch_size
-        assert len(batches) == len(loader) == -(-23 // batch_size)
+        full, rest = divmod(17, batch_size)  # every batch full but the last, the remainder
+        assert [b.clips.shape[0] for b in batches] == [batch_size] * full + [rest] * (rest > 0)
 
 
-def test_a_block_of_only_bad_samples(shard_with_bad_members: Path, data_config) -> None:
-    """Batch size 1: a bad sample's block has nothing to deliver. One rank skips it; with two ranks it
-    repeats a later sample, so that both ranks yield the same number of batches."""
+def test_bad_samples_shorten_one_ranks_epoch_and_keep_several_ranks_equal(
+    shard_with_bad_members: Path, data_config
+) -> None:
+    """Batch size 1: one rank yields one batch per good sample; two ranks each yield their planned 12
+    (repeating samples where bad ones left a rank short), so that neither waits for the other."""
     cfg = data_config(shard_with_bad_members, batch_size=1, drop_last=False, max_skip_fraction=1.0)
     loader = build_loader(cfg, mask_generator=None, seed=0)
     assert len(list(loader)) == 17 and loader.stats()["skipped"] == 6 and len(loader) == 23
@@ -218,8 +223,54 @@ def test_a_block_of_only_bad_samples(shard_with_bad_members: Path, data_config) 
         batches = list(loader)
         counts.append(len(batches))
         skipped += loader.stats()["skipped"]
-        assert all(b.clips.shape[0] == 1 for b in batches)
+        assert all(b.clips.shape[0] == 1 for b in batches) and len(loader) == 12
     assert counts == [12, 12] and skipped >= 6  # 23 samples -> 12 per rank (one read by both)
+
+
+def test_with_bad_samples_batches_do_not_depend_on_workers_and_resume_exactly(
+    shard_with_bad_members: Path, data_config
+) -> None:
+    """Batch boundaries move past bad samples (positions are sample cursors); the worker that builds the
+    next batch learns where it starts from the one before, so the batches are the same for any worker
+    count, and a saved cursor resumes them exactly."""
+
+    def run(workers: int, n: int, state: dict | None = None) -> list:
+        cfg = data_config(shard_with_bad_members, num_workers=workers, resampled=True, max_skip_fraction=1.0)
+        return list(islice(build_loader(cfg, mask_generator=_masks(), seed=2, state=state), n))
+
+    reference = run(0, 14)  # 17 good samples: 4 full batches per epoch (drop_last), over 4 epochs
+    assert all(b.clips.shape[0] == 4 for b in reference)
+    assert all(len(set(k for b in reference[e : e + 4] for k in b.keys)) == 16 for e in (0, 4, 8))
+    for workers in (1, 2):
+        got = run(workers, 14)
+        assert [b.keys for b in got] == [b.keys for b in reference]
+        assert all(torch.equal(a.clips, b.clips) for a, b in zip(got, reference))
+    cfg = data_config(shard_with_bad_members, num_workers=2, resampled=True, max_skip_fraction=1.0)
+    first = build_loader(cfg, mask_generator=_masks(), seed=2)
+    assert [b.keys for b in islice(first, 7)] == [b.keys for b in reference[:7]]
+    state = first.state_dict()
+    # epoch 0: 4 batches and the remainder (tried, not delivered) as step 4; epoch 1: 3 batches
+    assert (state["epoch"], state["batch"], state["step"]) == (1, 3, 8) and state["cursor"] >= 12
+    for workers in (0, 2):
+        resumed = run(workers, 7, state)
+        assert [b.keys for b in resumed] == [b.keys for b in reference[7:]]
+        assert all(torch.equal(a.clips, b.clips) for a, b in zip(resumed, reference[7:]))
+        assert all(
+            torch.equal(x.context_idx, y.context_idx)
+            for a, b in zip(resumed, reference[7:])
+            for x, y in zip(a.masks, b.masks)
+        )
+
+
+def test_a_worker_waiting_for_a_batch_start_stops_with_the_loader() -> None:
+    """At shutdown DataLoader workers drop their queued batches, so the batch a worker waits for may never
+    be built; the loader's stop ends the wait (else DataLoader's join waits 5 s per such worker)."""
+    chain = Chain()
+    chain.publish(0, (0, 0, 4))
+    assert chain.get(0) == (0, 0, 4) and chain.get(1) is False and chain.latest(before=5) == (0, (0, 0, 4))
+    threading.Timer(0.2, chain.stop).start()
+    start = time.perf_counter()
+    assert chain.wait(1) is None and time.perf_counter() - start < 2
 
 
 def test_too_many_bad_samples_stop_with_the_worst_shard(tmp_path: Path, shard_dir: Path, data_config) -> None:
@@ -245,8 +296,12 @@ def test_hung_decode_in_a_worker_is_skipped(
         return real(data, pick)
 
     monkeypatch.setitem(decode._BACKENDS, "decord", sometimes_hang)
-    cfg = data_config(
-        shard_dir / "shard-000000.tar", num_workers=1, decode_timeout_s=0.5, max_skip_fraction=1.0
+    cfg = data_config(  # 8 samples, one hangs: 7 make a batch of 4 and the shorter last one
+        shard_dir / "shard-000000.tar",
+        num_workers=1,
+        decode_timeout_s=0.5,
+        max_skip_fraction=1.0,
+        drop_last=False,
     )
     loader = build_loader(cfg, mask_generator=None, seed=0)
     start = time.perf_counter()
