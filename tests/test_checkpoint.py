@@ -96,11 +96,11 @@ def test_trainer_state_round_trips_under_weights_only(tmp_path: Path) -> None:
 
     import numpy as np
 
-    save_trainer_state(tmp_path, 1, step=7, data={"epoch": 2, "keys": ["a", "b"]})
+    save_trainer_state(tmp_path, 1, step=7, data={"epoch": 2, "keys": ["a", "b"]}, extra={"mean": 0.5})
     expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
     random.random(), np.random.rand(), torch.rand(1)  # move every RNG on
-    step, data = load_trainer_state(tmp_path, 1)
-    assert (step, data) == (7, {"epoch": 2, "keys": ["a", "b"]})
+    step, data, extra = load_trainer_state(tmp_path, 1)
+    assert (step, data, extra) == (7, {"epoch": 2, "keys": ["a", "b"]}, {"mean": 0.5})
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
 
 

@@ -20,6 +20,7 @@ leaves a damaged folder that looks complete, and `latest` never points at one.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vjepa.models.weights import read_torch_file
+from vjepa.models.weights import DamagedFile, read_torch_file
 from vjepa.utils import atomic_write
 
 CONFIG_FILE = "config.yaml"
@@ -46,6 +47,7 @@ MODEL_FILE = "model.pt"
 DEEPSPEED_TAG = "deepspeed"
 TARGET_FILE = "target.pt"
 TARGET_SHARD_FILE = "target_rank{rank}.pt"
+LOW_DISK_BYTES = 4 << 20  # a save that fails with less free space than this failed for want of space
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -122,6 +124,13 @@ class CheckpointManager:
     def step_dir(self, step: int) -> Path:
         return self.root / self.step_dir_name(step)
 
+    def complete(self) -> list[Path]:
+        """Every complete checkpoint folder, newest first."""
+        folders = [
+            p for p in self.root.glob(STEP_PREFIX + "*") if (p / MARKER).is_file() and p.suffix != ".tmp"
+        ]
+        return sorted(folders, reverse=True)
+
     def latest(self) -> Path | None:
         """The newest complete checkpoint folder, or None."""
         pointer = self.root / LATEST_FILE
@@ -129,20 +138,36 @@ class CheckpointManager:
             path = self.root / pointer.read_text().strip()
             if (path / MARKER).is_file():
                 return path
-        complete = sorted(
-            p for p in self.root.glob(STEP_PREFIX + "*") if (p / MARKER).is_file() and p.suffix != ".tmp"
-        )
-        return complete[-1] if complete else None
+        complete = self.complete()
+        return complete[0] if complete else None
 
     def save(self, step: int, write: Callable[[Path], None]) -> Path:
-        """Every rank calls this; `write(folder)` stores that rank's pieces into the temporary folder."""
+        """Every rank calls this; `write(folder)` stores that rank's pieces into the temporary folder. A
+        failed write (a full disk) removes the temporary folder and leaves the last complete one as it was."""
         final = self.step_dir(step)
         tmp = final.with_name(final.name + ".tmp")
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self.barrier()
-        write(tmp)
+        try:
+            write(tmp)
+        except (OSError, RuntimeError) as err:
+            # torch.save reports a full disk as a RuntimeError of its zip writer, so the free space decides
+            full = getattr(err, "errno", None) == errno.ENOSPC or shutil.disk_usage(tmp).free < LOW_DISK_BYTES
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not full and not isinstance(err, OSError):
+                raise
+            last = self.latest()
+            kept = (
+                f"the last complete checkpoint, {last}, is intact"
+                if last
+                else "no checkpoint was written yet"
+            )
+            reason = "no space left on device" if full else (err.strerror or str(err))
+            code = errno.ENOSPC if full else err.errno
+            message = f"saving the checkpoint of step {step} into {self.root} failed: {reason}; {kept}"
+            raise OSError(code, message) from err
         self.barrier()
         if self.rank == 0:
             (tmp / MARKER).write_text(str(step))
@@ -196,16 +221,25 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_trainer_state(folder: Path, rank: int, *, step: int, data: dict[str, Any]) -> None:
-    """Rank `rank`'s step, data position and RNG states into a step folder."""
-    atomic_torch_save(
-        {"step": step, "data": data, "rng": rng_state()}, Path(folder) / TRAINER_FILE.format(rank=rank)
-    )
+def save_trainer_state(
+    folder: Path, rank: int, *, step: int, data: dict[str, Any], extra: dict[str, Any] | None = None
+) -> None:
+    """Rank `rank`'s step, data position, RNG states and the loop's own state (`extra`) into a step folder."""
+    state = {"step": step, "data": data, "rng": rng_state(), "extra": extra or {}}
+    atomic_torch_save(state, Path(folder) / TRAINER_FILE.format(rank=rank))
 
 
-def load_trainer_state(folder: Path, rank: int) -> tuple[int, dict[str, Any]]:
-    """Restores rank `rank`'s RNG states from a step folder; -> (step, data position)."""
+def load_trainer_state(folder: Path, rank: int) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """Reads rank `rank`'s trainer state from a step folder and restores its RNG states;
+    -> (step, data position, the loop's own state). A missing or unreadable file is a DamagedFile."""
     path = Path(folder) / TRAINER_FILE.format(rank=rank)
     state = read_torch_file(path, what=f"checkpoint {folder}")
+    if not isinstance(state, dict) or not {"step", "data", "rng"} <= set(state):
+        raise DamagedFile(f"checkpoint {folder}: {path.name} holds no trainer state")
     set_rng_state(state["rng"])
-    return int(state["step"]), state["data"]
+    return int(state["step"]), state["data"], dict(state.get("extra", {}))
+
+
+def saved_world_size(folder: Path) -> int:
+    """How many ranks wrote a step folder (one trainer state each)."""
+    return len(list(Path(folder).glob(TRAINER_FILE.format(rank="*"))))

@@ -119,7 +119,11 @@ class TrainConfig:
     device: DeviceName = "auto"
     seed: int = 0
     out_dir: str = "runs/default"
-    max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
+    max_bad_steps: int = 5  # consecutive non-finite (or diverged) steps before the run stops
+    # A finite loss above this multiple of its running mean is a divergence: the update is skipped like a
+    # non-finite one (0 turns the guard off). The guard starts after `loss_guard_warmup` applied steps.
+    loss_spike_factor: float = 10.0
+    loss_guard_warmup: int = 20
     # Start a new phase (e.g. the V-JEPA 2 cooldown with longer clips) from the weights of a model file:
     # a checkpoint's model.pt or a `vjepa export` file. Ignored when the run folder has a checkpoint.
     init_from: str | None = None
@@ -134,6 +138,12 @@ class TrainConfig:
             "must name the run folder (empty would write the run into the current directory)",
         )
         check(self.max_bad_steps >= 1, f"{prefix}.max_bad_steps", "must be >= 1")
+        check(
+            self.loss_spike_factor == 0 or self.loss_spike_factor > 1,
+            f"{prefix}.loss_spike_factor",
+            f"must be 0 (off) or > 1, got {self.loss_spike_factor}",
+        )
+        check(self.loss_guard_warmup >= 0, f"{prefix}.loss_guard_warmup", "must be >= 0")
 
     def check_paths(self, prefix: str = "train") -> None:
         check_writable_folder(self.out_dir, f"{prefix}.out_dir")
@@ -213,9 +223,13 @@ class DistConfig:
     deepspeed: dict[str, Any] = field(
         default_factory=dict
     )  # raw DeepSpeed keys merged over the derived config
+    # How long a collective waits for the other ranks before it fails (a dead or hung rank then stops the
+    # survivors instead of hanging them; torchrun's elastic agent or SLURM restarts the group).
+    timeout_minutes: float = 30.0
 
     def validate(self, prefix: str = "dist") -> None:
         check_fields(self, prefix)
+        check(self.timeout_minutes > 0, f"{prefix}.timeout_minutes", "must be > 0")
         check_deepspeed_keys(self.deepspeed, f"{prefix}.deepspeed")
 
 
@@ -224,9 +238,11 @@ class CheckpointConfig:
     every_steps: int = 1000
     keep_last: int = 2
     resume: bool = True  # resume from the latest checkpoint in train.out_dir when there is one
-    save_init: bool = (
-        True  # a fresh run writes its initial weights (<run>/init_model.pt: the random baseline)
-    )
+    # a fresh run writes <run>/init_model.pt, its initial weights (the random-weights baseline of a probe)
+    save_init: bool = True
+    # resume a checkpoint saved with another data.batch_size (weights, optimizer and step resume; the data
+    # stream starts over); refused otherwise
+    allow_new_batch_size: bool = False
 
     def validate(self, prefix: str = "checkpoint") -> None:
         check(self.every_steps >= 1, f"{prefix}.every_steps", "must be >= 1")

@@ -43,6 +43,27 @@ def export_torchrun_env(env: DistEnv) -> None:
         os.environ.setdefault(key, str(value))
 
 
+ELASTIC_STORE_PORT_OFFSET = 1
+
+
+def fresh_store(env: DistEnv, timeout: timedelta) -> dist.TCPStore:
+    """A new key-value store for this group, served by rank 0 at MASTER_PORT + 1.
+
+    An elastic torchrun agent offers its own store at MASTER_ADDR:MASTER_PORT and keeps it across restarts,
+    while the agents' restart counts (which torch uses to separate rounds) diverge when one agent restarts
+    for a failure and the other for the membership change. A restarted group then reads the previous group's
+    addresses from that store and fails to connect. A store started by this group's rank 0 holds no old keys.
+    """
+    return dist.TCPStore(
+        env.master_addr,
+        env.master_port + ELASTIC_STORE_PORT_OFFSET,
+        env.world_size,
+        is_master=env.rank == 0,
+        timeout=timeout,
+        wait_for_workers=False,
+    )
+
+
 def start_process_group(env: DistEnv, device: torch.device, *, timeout: timedelta = DEFAULT_TIMEOUT) -> bool:
     """Initialises the default process group for `env` on `device`'s backend.
 
@@ -61,6 +82,11 @@ def start_process_group(env: DistEnv, device: torch.device, *, timeout: timedelt
     try:
         if env.world_size == 1:  # launched alone: a private in-memory store, no port to collide on
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+        elif os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            store = fresh_store(env, timeout)
+            dist.init_process_group(
+                backend, store=store, rank=env.rank, world_size=env.world_size, timeout=timeout
+            )
         else:
             dist.init_process_group(
                 backend, init_method="env://", rank=env.rank, world_size=env.world_size, timeout=timeout

@@ -25,6 +25,7 @@ from torch import nn
 
 __all__ = [
     "LOAD_ERRORS",
+    "DamagedFile",
     "SAFETENSORS_SUFFIX",
     "checked_weights",
     "load_weights",
@@ -46,16 +47,21 @@ _MASK_TOKEN = re.compile(r"mask_tokens\.(\d+)")
 LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError)
 
 
+class DamagedFile(ValueError):
+    """A file that is missing or cannot be read (truncated, empty, not a torch file, or a pickle that would
+    run code); resume falls back to an older checkpoint on it, unlike on a file that reads but does not fit."""
+
+
 def read_torch_file(path: str | Path, *, what: str, map_location: Any = "cpu") -> Any:
-    """`torch.load(path, weights_only=True)`; a missing, damaged or code-carrying file is a ValueError
-    naming `what` (the key or flag the path came from) and the path."""
+    """`torch.load(path, weights_only=True)`; a missing, damaged or code-carrying file is a `DamagedFile`
+    (a ValueError) naming `what` (the key or flag the path came from) and the path."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{what}: no such file {path}")
+        raise DamagedFile(f"{what}: no such file {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except LOAD_ERRORS as err:
-        raise ValueError(
+        raise DamagedFile(
             f"{what}: {path} is not a weights-only torch file ({type(err).__name__}: {err})"
         ) from err
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from vjepa.config import LogConfig
 from vjepa.train.monitors import CollapseWatch
+from vjepa.utils import atomic_write
 
 log = logging.getLogger(__name__)
 LOG_FILE = "log.jsonl"
@@ -34,6 +35,26 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def trim_log(run_dir: str | Path, step: int) -> int:
+    """Drops the records of steps >= `step` from a run's log.jsonl (atomically; a torn line goes too), so a
+    run resumed at `step` logs each step once. -> the number of records dropped."""
+    path = Path(run_dir) / LOG_FILE
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line).get("step", -1) < step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue
+    if len(kept) != len(lines):
+        with atomic_write(path) as tmp:
+            tmp.write_text("".join(f"{line}\n" for line in kept))
+    return len(lines) - len(kept)
 
 
 class RunLogger:

@@ -64,3 +64,26 @@ class StopSignals:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def stop_with_launcher() -> bool:
+    """Under a torchrun agent: asks Linux to send this worker SIGTERM when the agent dies, so an orphaned
+    worker saves and stops instead of training on beside the job that replaces it (two jobs would write
+    one run folder). -> whether the request was made (Linux under torchrun only)."""
+    import ctypes
+    import os
+    import sys
+
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return False
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("could not ask to be stopped with the torchrun agent (errno %d)", ctypes.get_errno())
+        return False
+    if os.getppid() != parent:  # the agent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True

@@ -20,6 +20,7 @@ import platform
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -29,7 +30,6 @@ from vjepa.checkpoint import (
     CheckpointManager,
     RunFolder,
     atomic_torch_save,
-    load_trainer_state,
     save_trainer_state,
 )
 from vjepa.config import Config, save_config
@@ -38,10 +38,11 @@ from vjepa.distributed.env import DistEnv, read_env
 from vjepa.models.builder import build_encoder, build_predictor, token_grid
 from vjepa.objective import JepaModel, target_features
 from vjepa.pretrained import read_pretrained
-from vjepa.train.metrics import RunLogger
+from vjepa.train.metrics import RunLogger, trim_log
 from vjepa.train.monitors import collapse_stats
 from vjepa.train.optim import build_optimizer, set_lr_wd
-from vjepa.train.preemption import StopSignals
+from vjepa.train.preemption import StopSignals, stop_with_launcher
+from vjepa.train.resume import restore_newest
 from vjepa.train.schedules import StepValues, values_at
 from vjepa.utils import resolve_device
 
@@ -71,9 +72,17 @@ def autocast_for(precision: str, device: torch.device):
 
 
 def train_step(
-    engine: Engine, batch: VideoBatch, step: int, cfg: Config, device: torch.device, *, monitor: bool = False
+    engine: Engine,
+    batch: VideoBatch,
+    step: int,
+    cfg: Config,
+    device: torch.device,
+    *,
+    monitor: bool = False,
+    max_loss: float | None = None,
 ) -> StepResult:
-    """One V-JEPA update. A non-finite loss or gradient skips the update on every rank."""
+    """One V-JEPA update. A non-finite loss or gradient, or a loss above `max_loss` (a divergence, see
+    LossGuard), skips the update on every rank."""
     values = values_at(step, cfg.optim, cfg.train.steps)
     batch = batch.to(device, non_blocking=True)
     clips = normalize(batch.clips)  # [B, C, T, H, W] float, ImageNet mean/std
@@ -94,21 +103,22 @@ def train_step(
             monitors=monitors,
         )
 
-    if not engine.all_ranks(bool(torch.isfinite(out.loss.detach()))):
+    loss = float(out.loss.detach())
+    if not engine.all_ranks(math.isfinite(loss) and (max_loss is None or loss <= max_loss)):
         engine.drop_gradients(after_backward=False)
-        return skipped(float("nan"), float("nan"))
+        return skipped(loss if math.isfinite(loss) else float("nan"), float("nan"))
     engine.backward(out.loss)
     grad_norm = engine.grad_norm()  # global L2 norm before clipping, identical on every rank
     if not engine.all_ranks(bool(torch.isfinite(grad_norm))):
         engine.drop_gradients(after_backward=True)
-        return skipped(float(out.loss.detach()), float(grad_norm))
+        return skipped(loss, float(grad_norm))
     if cfg.optim.grad_clip is not None:
         engine.clip_gradients(cfg.optim.grad_clip, grad_norm)
     set_lr_wd(engine.optimizer, values.lr, values.weight_decay)
     engine.step()
     engine.target.update(engine.module.encoder, values.momentum)
     return StepResult(
-        loss=float(out.loss.detach()),
+        loss=loss,
         loss_per_mask=out.loss_per_mask,
         grad_norm=float(grad_norm),
         applied=True,
@@ -117,6 +127,31 @@ def train_step(
         values=values,
         monitors=monitors,
     )
+
+
+@dataclass
+class LossGuard:
+    """Catches a finite but destructive update: after `warmup` applied steps, a loss above `factor` x the
+    running mean of applied losses (EMA 0.9) is treated like a non-finite one. Checkpointed with the loop."""
+
+    factor: float
+    warmup: int
+    mean: float = 0.0
+    count: int = 0
+
+    def limit(self) -> float | None:
+        return self.factor * self.mean if self.factor > 0 and self.count >= self.warmup else None
+
+    def update(self, result: StepResult) -> None:
+        if result.applied:
+            self.count += 1
+            self.mean = result.loss if self.count == 1 else 0.9 * self.mean + 0.1 * result.loss
+
+    def state_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.mean, self.count = float(state["mean"]), int(state["count"])
 
 
 @torch.no_grad()
@@ -196,13 +231,15 @@ class Run:
     data: BatchStream
     ckpts: CheckpointManager
     owns_group: bool
+    guard: LossGuard
 
     def save(self, step: int) -> None:
         """Collective: a complete step folder with the weights, this rank's trainer state, the config."""
 
         def write(folder: Path) -> None:
             self.engine.save(folder)
-            save_trainer_state(folder, self.env.rank, step=step, data=self.data.state_dict())
+            extra = {"loss_guard": self.guard.state_dict()}
+            save_trainer_state(folder, self.env.rank, step=step, data=self.data.state_dict(), extra=extra)
             if self.env.is_main:
                 save_config(self.cfg, RunFolder(folder).config)
 
@@ -241,7 +278,9 @@ def build_run(cfg: Config) -> Run:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     # ddp/deepspeed run in a process group (raises if it cannot start); torn down in Run.close if started here
-    owns_group = cfg.dist.backend != "single" and start_process_group(env, device)
+    owns_group = cfg.dist.backend != "single" and start_process_group(
+        env, device, timeout=timedelta(minutes=cfg.dist.timeout_minutes)
+    )
     torch.manual_seed(cfg.train.seed + env.rank)
     folder = RunFolder(cfg.train.out_dir)
     model = build_models(cfg, device)
@@ -261,18 +300,21 @@ def build_run(cfg: Config) -> Run:
     data = build_train_stream(
         cfg.data, mask_generator=masks, seed=cfg.train.seed, rank=env.rank, world_size=env.world_size
     )
-    return Run(cfg, env, device, folder, engine, data, ckpts, owns_group)
+    guard = LossGuard(cfg.train.loss_spike_factor, cfg.train.loss_guard_warmup)
+    return Run(cfg, env, device, folder, engine, data, ckpts, owns_group, guard)
 
 
 def resume(run: Run) -> int:
-    """Restores the newest complete checkpoint (or the `train.init_from` weights); -> the first step."""
+    """Restores the newest readable checkpoint (see resume.py), or else the `train.init_from` weights;
+    -> the first step."""
     cfg = run.cfg
-    latest = run.ckpts.latest() if cfg.checkpoint.resume else None
-    if latest is not None:
-        run.engine.load(latest)
-        step, data_state = load_trainer_state(latest, run.env.rank)
-        run.data.load_state_dict(data_state)
-        log.info("resumed from %s at step %d", latest, step)
+    restored = restore_newest(run) if cfg.checkpoint.resume else None
+    if restored is not None:
+        step, extra = restored
+        if "loss_guard" in extra:
+            run.guard.load_state_dict(extra["loss_guard"])
+        if run.env.is_main:  # the steps after the checkpoint run again and are logged again
+            trim_log(run.folder.root, step)
         return step
     if cfg.train.init_from:
         run.engine.load_weights(read_pretrained(cfg.train.init_from, what="train.init_from", model=cfg.model))
@@ -302,6 +344,7 @@ def train(cfg: Config) -> TrainSummary:
     """Runs (or resumes) pretraining as configured. SIGUSR1, SIGTERM and SIGINT stop it after the current
     step with a checkpoint to resume from (see preemption.py)."""
     with StopSignals() as signals:
+        stop_with_launcher()
         run = build_run(cfg)
         try:
             return loop(run, resume(run), signals)
@@ -324,22 +367,26 @@ def loop(run: Run, start: int, signals: StopSignals) -> TrainSummary:
             batch, stream = next_batch(run.data, stream)
             t1 = time.perf_counter()
             monitor = cfg.log.monitor_every > 0 and step % cfg.log.monitor_every == 0
-            result = train_step(run.engine, batch, step, cfg, run.device, monitor=monitor)
+            limit = run.guard.limit()
+            result = train_step(run.engine, batch, step, cfg, run.device, monitor=monitor, max_loss=limit)
             t2 = time.perf_counter()
+            run.guard.update(result)
             bad_in_a_row = 0 if result.applied else bad_in_a_row + 1
             skipped += not result.applied
             if not result.applied:
                 log.warning(
-                    "step %d: non-finite loss or gradients; update skipped (%d in a row)", step, bad_in_a_row
+                    "step %d: %s; update skipped (%d in a row)",
+                    step,
+                    why_skipped(result, limit),
+                    bad_in_a_row,
                 )
-            if math.isfinite(result.loss):
-                first = result.loss if first is None else first
-                last = result.loss
+            else:
+                first, last = result.loss if first is None else first, result.loss
             logger.log(step, step_metrics(result, batch, run, skipped, t1 - t0, t2 - t0))
             if bad_in_a_row >= cfg.train.max_bad_steps:
                 raise LossGuardError(
-                    f"{bad_in_a_row} consecutive non-finite steps (train.max_bad_steps="
-                    f"{cfg.train.max_bad_steps}); stopping. The last checkpoint in {run.ckpts.root} is intact."
+                    f"{bad_in_a_row} consecutive skipped steps ({why_skipped(result, limit)}; train.max_bad_steps="
+                    f"{cfg.train.max_bad_steps}); stopping. {last_checkpoint(run)}"
                 )
             done = step + 1
             stop = stop_requested(run, signals)
@@ -371,6 +418,21 @@ def loop(run: Run, start: int, signals: StopSignals) -> TrainSummary:
         pid=os.getpid(),
         stopped_by=stopped_by,
     )
+
+
+def why_skipped(result: StepResult, limit: float | None) -> str:
+    if not math.isfinite(result.loss):
+        return "non-finite loss"
+    if limit is not None and result.loss > limit:
+        return f"loss {result.loss:.4g} above {limit:.4g} (train.loss_spike_factor x its running mean)"
+    return "non-finite gradients"
+
+
+def last_checkpoint(run: Run) -> str:
+    latest = run.ckpts.latest()
+    if latest is None:
+        return "No checkpoint was written yet."
+    return f"The last checkpoint, {latest}, is intact; the run resumes from it when started again."
 
 
 def stop_requested(run: Run, signals: StopSignals) -> bool:

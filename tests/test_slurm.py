@@ -1,0 +1,125 @@
+"""The real SLURM job script on a real one-node SLURM cluster (started by the fixture): a 2-task DeepSpeed
+ZeRO-2 run on CPU, and a run that gets the time-limit warning signal mid-run, checkpoints at the step it
+reached, requeues itself and continues from exactly that step.
+
+Marked `slurm`: deselected by default; `.ci/run` installs SLURM and runs them with VJEPA_REQUIRE_SLURM=1,
+which turns "SLURM cannot start here" from a skip into a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from slurm_cluster import SlurmCluster, missing_binaries, start_cluster
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "launch" / "slurm" / "pretrain.sbatch"
+TINY = [
+    "--config",
+    str(REPO / "configs" / "quickstart.yaml"),
+    "model.name=vit_test",
+    "model.pred_width=32",
+    "model.pred_depth=2",
+    "model.pred_heads=4",
+    "data.frames_per_clip=4",
+    "data.crop_size=32",
+    "data.batch_size=2",
+    "log.progress=false",
+    "log.tensorboard=false",
+    "dist.backend=deepspeed",
+    "dist.zero_stage=2",
+]
+
+
+def unavailable(reason: str) -> None:
+    if os.environ.get("VJEPA_REQUIRE_SLURM") == "1":
+        pytest.fail(f"SLURM tests required (VJEPA_REQUIRE_SLURM=1) but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    if sys.platform != "linux" or os.geteuid() != 0:
+        unavailable("the test cluster needs Linux and root (munged, slurmd)")
+    missing = missing_binaries()
+    if missing:
+        unavailable(f"SLURM is not installed (missing {', '.join(missing)}; apt-get install slurmctld slurmd slurm-client munge)")
+    try:
+        c = start_cluster(tmp_path_factory.mktemp("slurm"))
+    except RuntimeError as err:
+        unavailable(str(err))
+    c.env.update(VJEPA_PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    yield c
+    c.stop()
+
+
+def submit(cluster: SlurmCluster, out: Path, *overrides: str, wait: bool = False) -> str:
+    flags = ["--parsable", "--nodes=1", "--ntasks=2", f"--output={out / 'sbatch.out'}"] + (["--wait"] if wait else [])
+    proc = cluster.run("sbatch", *flags, str(SCRIPT), *TINY, f"train.out_dir={out / 'run'}", *overrides, timeout=600)
+    return proc.stdout.strip().split(";")[0]
+
+
+def wait_for(cluster: SlurmCluster, job: str, states: set[str], timeout: float) -> dict[str, str]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        info = cluster.job(job)
+        if info.get("JobState") in states:
+            return info
+        time.sleep(1)
+    raise AssertionError(f"job {job} never reached {states}: {cluster.job(job)}\n{cluster.logs()}")
+
+
+def logged_steps(run: Path) -> list[int]:
+    log = run / "log.jsonl"
+    return [json.loads(line)["step"] for line in log.read_text().splitlines()] if log.is_file() else []
+
+
+def test_pretrain_script_runs_two_tasks_with_deepspeed(cluster: SlurmCluster, tmp_path: Path) -> None:
+    job = submit(cluster, tmp_path, "train.steps=4", "checkpoint.every_steps=2", wait=True)
+    info = wait_for(cluster, job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=60)
+    run = tmp_path / "run"
+    job_log = (run / "slurm" / f"job-{job}.log").read_text()
+    assert info["JobState"] == "COMPLETED", job_log + cluster.logs()
+    assert "2 tasks" in job_log and "status 0" in job_log
+    assert json.loads((run / "env.json").read_text())["launcher"] == "slurm"
+    assert json.loads((run / "env.json").read_text())["world_size"] == 2
+    assert logged_steps(run) == [0, 1, 2, 3]
+    step = run / "checkpoints" / "step_00000004"
+    assert (step / "COMPLETE").is_file() and (step / "deepspeed").is_dir() and (step / "trainer_rank1.pt").is_file()
+    assert {p.name for p in (run / "slurm").glob("job-*-task-*.log")} == {f"job-{job}-task-0.log", f"job-{job}-task-1.log"}
+
+
+def test_warning_signal_checkpoints_requeues_and_continues_exactly(cluster: SlurmCluster, tmp_path: Path) -> None:
+    steps = 40
+    job = submit(cluster, tmp_path, f"train.steps={steps}", "checkpoint.every_steps=1000")
+    run = tmp_path / "run"
+    deadline = time.time() + 300
+    while len(logged_steps(run)) < 6 and time.time() < deadline:
+        time.sleep(0.2)
+    assert len(logged_steps(run)) >= 6, cluster.job(job)
+    cluster.run("scancel", "--signal=USR1", "--batch", job)  # what --signal=B:USR1@120 sends before the limit
+    wait_for(cluster, job, {"PENDING"}, timeout=120)
+    info = cluster.job(job)
+    assert info["Restarts"] == "1", info
+    first = sorted(p.name for p in (run / "checkpoints").glob("step_*"))
+    assert len(first) == 1, first  # only the signal saved: no periodic checkpoint was due
+    reached = int(first[0].split("_")[1])
+    assert 6 <= reached < steps and logged_steps(run) == list(range(reached))
+    # SLURM holds a requeued job for a while before it is eligible again; let it start now
+    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    info = wait_for(cluster, job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=300)
+    job_log = (run / "slurm" / f"job-{job}.log").read_text()
+    assert info["JobState"] == "COMPLETED", job_log + cluster.logs()
+    assert "SIGUSR1" in job_log and f"requeueing job {job}" in job_log and "(restart 1)" in job_log
+    assert logged_steps(run) == list(range(steps))  # no gap, nothing repeated
+    task0 = (run / "slurm" / f"job-{job}-task-0.log").read_text()
+    assert f"resumed from {run / 'checkpoints' / first[0]} at step {reached}" in task0
+    assert (run / "checkpoints" / f"step_{steps:08d}" / "COMPLETE").is_file()
