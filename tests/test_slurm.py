@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from slurm_cluster import SlurmCluster, missing_binaries, start_cluster
 
 pytestmark = pytest.mark.slurm
@@ -51,7 +50,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         unavailable("the test cluster needs Linux and root (munged, slurmd)")
     missing = missing_binaries()
     if missing:
-        unavailable(f"SLURM is not installed (missing {', '.join(missing)}; apt-get install slurmctld slurmd slurm-client munge)")
+        unavailable(
+            f"SLURM is not installed (missing {', '.join(missing)}; "
+            "apt-get install slurmctld slurmd slurm-client munge)"
+        )
     try:
         c = start_cluster(tmp_path_factory.mktemp("slurm"))
     except RuntimeError as err:
@@ -62,8 +64,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
 
 
 def submit(cluster: SlurmCluster, out: Path, *overrides: str, wait: bool = False) -> str:
-    flags = ["--parsable", "--nodes=1", "--ntasks=2", f"--output={out / 'sbatch.out'}"] + (["--wait"] if wait else [])
-    proc = cluster.run("sbatch", *flags, str(SCRIPT), *TINY, f"train.out_dir={out / 'run'}", *overrides, timeout=600)
+    flags = ["--parsable", "--nodes=1", "--ntasks=2", f"--output={out / 'sbatch.out'}"] + (
+        ["--wait"] if wait else []
+    )
+    proc = cluster.run(
+        "sbatch", *flags, str(SCRIPT), *TINY, f"train.out_dir={out / 'run'}", *overrides, timeout=600
+    )
     return proc.stdout.strip().split(";")[0]
 
 
@@ -93,11 +99,20 @@ def test_pretrain_script_runs_two_tasks_with_deepspeed(cluster: SlurmCluster, tm
     assert json.loads((run / "env.json").read_text())["world_size"] == 2
     assert logged_steps(run) == [0, 1, 2, 3]
     step = run / "checkpoints" / "step_00000004"
-    assert (step / "COMPLETE").is_file() and (step / "deepspeed").is_dir() and (step / "trainer_rank1.pt").is_file()
-    assert {p.name for p in (run / "slurm").glob("job-*-task-*.log")} == {f"job-{job}-task-0.log", f"job-{job}-task-1.log"}
+    assert (
+        (step / "COMPLETE").is_file()
+        and (step / "deepspeed").is_dir()
+        and (step / "trainer_rank1.pt").is_file()
+    )
+    assert {p.name for p in (run / "slurm").glob("job-*-task-*.log")} == {
+        f"job-{job}-task-0.log",
+        f"job-{job}-task-1.log",
+    }
 
 
-def test_warning_signal_checkpoints_requeues_and_continues_exactly(cluster: SlurmCluster, tmp_path: Path) -> None:
+def test_warning_signal_checkpoints_requeues_and_continues_exactly(
+    cluster: SlurmCluster, tmp_path: Path
+) -> None:
     steps = 40
     job = submit(cluster, tmp_path, f"train.steps={steps}", "checkpoint.every_steps=1000")
     run = tmp_path / "run"
