@@ -225,6 +225,13 @@ def test_bad_samples_shorten_one_ranks_epoch_and_keep_several_ranks_equal(
         skipped += loader.stats()["skipped"]
         assert all(b.clips.shape[0] == 1 for b in batches) and len(loader) == 12
     assert counts == [12, 12] and skipped >= 6  # 23 samples -> 12 per rank (one read by both)
+    cfg = data_config(shard_with_bad_members, batch_size=4, max_skip_fraction=1.0)  # drop_last
+    per_rank = [
+        [b.keys for b in build_loader(cfg, mask_generator=None, seed=1, rank=r, world_size=2)]
+        for r in range(2)
+    ]
+    assert [len(p) for p in per_rank] == [2, 2]  # 11 samples per rank: 2 batches of 4, full
+    assert all(len(keys) == 4 for p in per_rank for keys in p)
 
 
 def test_with_bad_samples_batches_do_not_depend_on_workers_and_resume_exactly(
