@@ -352,3 +352,15 @@ def test_probe_suite_with_the_runs_initial_weights_context_and_margins(dataset, 
     lead = margins({"trained": good, "pixels": bad, "random_init": bad})
     assert lead["lin"]["margin"] > 0.5 and lead["lin"]["margin_in_se"] > 3
     assert lead["lin"]["best_baseline"] in ("pixels", "random_init")
+
+
+def test_rendered_probe_sets_are_balanced_repeatable_and_apart_from_each_other():
+    from vjepa.eval.protocol import SYNTHETIC_CLASSES, render_probe_sets
+
+    clips, names = render_probe_sets(16, 8, frames=4, size=32, seed=0)
+    again, _ = render_probe_sets(16, 8, frames=4, size=32, seed=0)
+    assert len(names) == SYNTHETIC_CLASSES and [len(clips[s]) for s in ("train", "val")] == [16, 8]
+    assert torch.bincount(torch.tensor([v.label for v in clips["train"]])).tolist() == [2] * SYNTHETIC_CLASSES
+    assert clips["train"][0].clips.shape == (1, 3, 4, 32, 32) and clips["train"][0].clips.dtype == torch.uint8
+    assert all(torch.equal(a.clips, b.clips) for a, b in zip(clips["train"], again["train"]))
+    assert not torch.equal(clips["train"][0].clips, clips["val"][0].clips)

@@ -139,18 +139,23 @@ def render_probe_sets(
     train_videos: int, val_videos: int, *, frames: int, size: int, seed: int
 ) -> tuple[dict[str, list], list[str]]:
     """{"train": [EvalVideo], "val": [EvalVideo]} of rendered clips with balanced labels, and the class
-    names. The clips depend only on (seed, split, index) and are not the pretraining stream's."""
+    names. The clips depend only on (seed, split, index) and are not the pretraining stream's. Two
+    processes render them when there are many (starting one costs seconds)."""
+    import contextlib
     import multiprocessing
 
     from data_pipelines import CLASS_NAMES, EvalVideo
 
     out: dict[str, list] = {}
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
+    many = train_videos + val_videos > 400
+    pool = multiprocessing.get_context("spawn").Pool(2) if many else contextlib.nullcontext()
+    with pool:
         for split_id, (split, n) in enumerate((("train", train_videos), ("val", val_videos))):
             chunks = [(seed, split_id, lo, min(n, lo + 50), frames, size) for lo in range(0, n, 50)]
+            rendered = pool.imap(_render_chunk, chunks) if many else map(_render_chunk, chunks)
             out[split] = [
                 EvalVideo(f"{split}_{i:06d}", label, clip[None])  # clips [1, 3, T, S, S]: one view
-                for chunk in pool.imap(_render_chunk, chunks)
+                for chunk in rendered
                 for i, label, clip in chunk
             ]
     return out, list(CLASS_NAMES[:SYNTHETIC_CLASSES])
