@@ -133,7 +133,7 @@ def test_too_many_bad_samples_is_one_line_with_the_traceback_in_the_run_log(tmp_
     argv += [f"data.num_workers={workers}", f"train.out_dir={run}"]
     assert main(argv) == 2
     (line,) = _error_lines(capsys)
-    assert line.startswith("vjepa: error: ") and "> data.max_skip_fraction=0.5" in line, line
+    assert line.startswith("vjepa: error: ") and str(videos) in line, line  # the worst shard is named
     assert "Traceback" not in line and line.endswith(f"(traceback in {run / ERROR_LOG})")
     log = (run / ERROR_LOG).read_text()
     assert "Traceback (most recent call last)" in log and "TooManyBadSamplesError" in log
@@ -169,7 +169,7 @@ def test_a_non_finite_loss_stop_is_one_line(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     assert main(["train", *TINY, "train.max_bad_steps=2", f"train.out_dir={run}"]) == 2
     (line,) = _error_lines(capsys)
-    assert line.startswith("vjepa: error: 2 consecutive non-finite steps (train.max_bad_steps=2)"), line
+    assert line.startswith("vjepa: error: 2 consecutive ") and "train.max_bad_steps=2" in line, line
     assert "LossGuardError" in (run / ERROR_LOG).read_text()
 
 
