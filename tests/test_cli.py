@@ -188,6 +188,21 @@ def test_every_data_stop_is_one_line(tmp_path, capsys, monkeypatch):
         assert _error_lines(capsys) == [f"vjepa: error: {name} stopped the run; (second line)"]
 
 
+def test_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from vjepa.train import trainer
+
+    def full(cfg):
+        raise OSError(errno.ENOSPC, f"saving the checkpoint of step 4 into {cfg.train.out_dir} failed")
+
+    monkeypatch.setattr(trainer, "train", full)
+    assert main(["train", *TINY, f"train.out_dir={tmp_path / 'run'}"]) == 2
+    assert _error_lines(capsys) == [
+        f"vjepa: error: [Errno 28] saving the checkpoint of step 4 into {tmp_path / 'run'} failed"
+    ]
+
+
 # ----------------------------------------------------------------------------- the one-line form
 
 

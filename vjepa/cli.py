@@ -2,10 +2,11 @@
 arguments and calls the library.
 
 Its promise: a mistake the user can fix prints one line, `vjepa: error: ...`, and exits with status 2. That
-covers every ValueError (a bad config, bad data, a bad checkpoint) and the RuntimeErrors that stop a run for
-a reason the user must look at (too many bad samples, hung decodes or reads, a loss that stays non-finite).
-The traceback is shown under `vjepa --debug ...`, and a training run also appends it to
-`<train.out_dir>/errors.log`. Any other exception is a bug and keeps its traceback.
+covers every ValueError (a bad config, bad data, a bad checkpoint), every OSError (a full disk, a missing or
+unwritable path) and the RuntimeErrors that stop a run for a reason the user must look at (too many bad
+samples, hung decodes or reads, a loss that stays non-finite). The traceback is shown under
+`vjepa --debug ...`, and a training run also appends it to `<train.out_dir>/errors.log`. Any other exception
+is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Exception as err:
-        if not isinstance(err, (ValueError, *stop_errors())):
+        if not isinstance(err, (ValueError, OSError, *stop_errors())):
             raise  # a bug: the traceback is the report
         where = log_traceback(err, getattr(args, "run_dir", None))
         if args.debug:
