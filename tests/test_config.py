@@ -625,6 +625,24 @@ def test_mask_geometry_without_context_is_found_at_validation(
     assert "Tp, Hp, Wp" in str(err.value)
 
 
+def test_blocks_that_nearly_always_cover_the_grid_are_found_and_do_fail_the_sampler() -> None:
+    """8 blocks of one time step and the whole frame, on 2 time steps: a draw leaves context only when all
+    8 land on the same step (2 in 256); the sampler's re-draws then fail for most samples of a batch."""
+    import torch
+
+    from data_pipelines.masking.generator import draw_masks
+
+    overrides = ["data.frames_per_clip=4", "data.crop_size=32"]
+    overrides += ["mask.0.spatial_scale=[1.0, 1.0]", "mask.0.temporal_scale=[0.5, 0.5]"]
+    with pytest.raises(ValueError, match=r"^mask\.0: 8 blocks cover all of .* in nearly every draw"):
+        load_config(overrides=overrides)
+    spec = load_config(overrides=[*overrides[:2]]).mask[0]
+    spec.spatial_scale, spec.temporal_scale = (1.0, 1.0), (0.5, 0.5)
+    with pytest.raises(ValueError, match="left no context"):
+        draw_masks([spec], grid=(2, 2, 2), batch_size=24, generator=torch.Generator().manual_seed(0))
+    assert load_config(overrides=[*overrides, "mask.0.num_blocks=2"]).mask[0].num_blocks == 2
+
+
 def test_mask_geometry_that_passes_validation_draws_masks() -> None:
     """Whatever passes the check draws masks on its grid (the check is never looser than the sampler)."""
     import torch

@@ -11,6 +11,9 @@ from data_pipelines.checks import check, check_fields, check_range
 
 MaskKind = Literal["multiblock", "tube", "future"]
 MASK_KINDS: tuple[str, ...] = typing.get_args(MaskKind)
+# Below this chance that one draw of the blocks leaves a context token, the sampler's re-draws (50 rounds)
+# still fail for a sample in most batches: the run would stop within its first steps.
+MIN_CONTEXT_CHANCE = 0.05
 
 
 @dataclass
@@ -69,8 +72,9 @@ class MaskSpec:
     def check_grid(self, grid: tuple[int, int, int], prefix: str, *, grid_from: str = "") -> None:
         """ValueError naming `prefix` when this mask can leave no context on the token grid (Tp, Hp, Wp):
         a tube mask on one spatial position, a future mask on one time step, or blocks that may cover the
-        whole grid (multiblock) or the whole context span (future with `future_blocks`). Found here, when
-        the config loads, rather than at the first batch that draws such a block."""
+        whole grid (multiblock) or the whole context span (future with `future_blocks`), or so many blocks
+        that hardly any draw leaves a token free. Found here, when the config loads, rather than at the
+        first batch that draws such blocks."""
         tp, hp, wp = grid
         where = f"the token grid (Tp, Hp, Wp)={grid}" + (f" (from {grid_from})" if grid_from else "")
         if self.kind == "tube":
@@ -82,9 +86,15 @@ class MaskSpec:
                 return
             region = (self.future_context_steps(tp), hp, wp)
             what = f"the whole context span {region} of {where}"
+            blocks, free_steps, count_key = self.future_blocks, region[0], "future_blocks"
         else:
             region = grid
             what = f"all of {where}"
+            blocks, free_steps, count_key = (
+                self.num_blocks,
+                max(1, int(tp * self.max_temporal_keep)),
+                "num_blocks",
+            )
         size = self.covering_block(region)
         check(
             size is None,
@@ -92,6 +102,32 @@ class MaskSpec:
             f"a block of (t, h, w)={size} covers {what}: no context would be left; lower "
             f"{prefix}.spatial_scale or {prefix}.temporal_scale, or use more frames or a larger crop",
         )
+        chance = self.context_chance(region, free_steps=free_steps, num_blocks=blocks)
+        check(
+            chance >= MIN_CONTEXT_CHANCE,
+            prefix,
+            f"{blocks} blocks cover {what} in nearly every draw (at most {chance:.1%} of draws leave context; "
+            f"the sampler's re-draws would fail within the first batches); lower {prefix}.{count_key}, "
+            f"{prefix}.spatial_scale or {prefix}.temporal_scale",
+        )
+
+    def context_chance(self, region: tuple[int, int, int], *, free_steps: int, num_blocks: int) -> float:
+        """An upper bound on the chance that `num_blocks` blocks at uniform positions in `region` leave a
+        token of its first `free_steps` time steps uncovered, for the smallest blocks this spec draws (the
+        most favourable): the sum over those tokens of P(no block covers it) = (1 - p_token)^K."""
+        lo, hi = self.aspect_ratio
+        best = 0.0
+        for ar in (lo, (lo + hi) / 2, hi):
+            size = block_size(region, t_scale=self.temporal_scale[0], s_scale=self.spatial_scale[0], ar=ar)
+            p_t, p_h, p_w = (_cover_fractions(n, e) for n, e in zip(region, size))
+            total = 0.0
+            for a in p_t[:free_steps]:
+                for b in p_h:
+                    total += sum((1.0 - a * b * c) ** num_blocks for c in p_w)
+                if total >= 1.0:
+                    return 1.0
+            best = max(best, total)
+        return best
 
     def covering_block(self, region: tuple[int, int, int]) -> tuple[int, int, int] | None:
         """A block size this spec can draw that covers all of `region`, else None. Block sides grow with
@@ -109,6 +145,12 @@ class MaskSpec:
             if size == region:
                 return size
         return None
+
+
+def _cover_fractions(length: int, extent: int) -> list[float]:
+    """For each coordinate of an axis, the fraction of a block's uniform start positions that cover it."""
+    starts = length - extent + 1
+    return [(min(i, starts - 1) - max(0, i - extent + 1) + 1) / starts for i in range(length)]
 
 
 def block_size(
