@@ -38,7 +38,7 @@ class DemoPlan:
     curve_probe: str  # the cheap probe run on the intermediate checkpoints
     curve_points: int  # intermediate checkpoints probed (besides the initial and the final weights)
     claims: bool  # False: a smoke run whose numbers mean nothing
-    one_seed: tuple[str, ...] = ()  # probes run with the first seed only (too slow for more)
+    max_seeds: tuple[tuple[str, int], ...] = ()  # (probe, n): that probe runs the first n seeds only
 
 
 PLANS = {
@@ -46,20 +46,20 @@ PLANS = {
         train_videos=2000,
         val_videos=500,
         steps=None,
-        probes=("mean", "time", "quad", "few16", "attentive"),
+        probes=("mean", "time", "few16", "attentive"),  # "quad" overfits here (train ~1.0, val at chance)
         seeds=(0, 1, 2),  # the few-label probe: three label subsets
-        curve_probe="quad",
+        curve_probe="time",
         curve_points=3,
         claims=True,
-        one_seed=("attentive",),  # ~40 s per source and seed on 2,000 clips on 2 busy cores
+        max_seeds=(("attentive", 2),),
     ),
     "quick": DemoPlan(
         train_videos=160,
         val_videos=80,
         steps=16,
-        probes=("mean", "quad", "few4", "attentive"),
+        probes=("mean", "time", "few4", "attentive"),
         seeds=(0, 1),
-        curve_probe="quad",
+        curve_probe="time",
         curve_points=1,
         claims=False,
     ),
@@ -150,7 +150,7 @@ def small_batch_recipe(steps: int) -> list[str]:
     return [
         "model.name=vit_micro", "model.pred_depth=2", "data.frames_per_clip=16", "data.crop_size=64",
         "data.batch_size=16",
-        "optim.lr=2e-4", "optim.start_lr=2e-5", "optim.final_lr=2e-6", f"optim.warmup_steps={max(1, steps // 10)}",
+        "optim.lr=1e-4", "optim.start_lr=1e-5", "optim.final_lr=1e-6", f"optim.warmup_steps={max(1, steps // 10)}",
         "optim.weight_decay=0.04", "optim.final_weight_decay=0.04", "optim.grad_clip=1.0", "optim.ema_start=0.99",
         "optim.schedule_scale=1.0", "train.precision=fp32", "train.device=cpu", f"train.steps={steps}",
     ]  # fmt: skip
@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
     seconds["pretrain"] = time.perf_counter() - t
 
     device = resolve_device(cfg.train.device, key="train.device")
-    seeds_for = {name: plan.seeds[:1] for name in plan.one_seed}
+    seeds_for = {name: plan.seeds[:n] for name, n in plan.max_seeds}
     context = ProbeContext(clips, probes, plan.seeds, seeds_for, len(names), grid, device)
     t = time.perf_counter()
     print(
