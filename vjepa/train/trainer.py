@@ -273,6 +273,7 @@ def build_run(cfg: Config) -> Run:
     folder's config, environment and (on a fresh start) the initial weights."""
     from vjepa.distributed.process_group import start_process_group
 
+    cfg.check_paths()  # data sources exist and train.out_dir can be written, before anything is built
     env = read_env()
     device = resolve_device(cfg.train.device, index=env.local_rank, key="train.device")
     if device.type == "cuda":
