@@ -173,7 +173,7 @@ def demo_config(args: argparse.Namespace, plan: DemoPlan, run_dir: Path, train_s
         base += ["data.dataset=files", f"data.sources=[{{path: '{train_split}'}}]"]
     steps = load_config(name, [*base, *args.overrides]).train.steps
     layout = [
-        f"checkpoint.every_steps={max(1, steps // (plan.curve_points + 1))}",
+        f"checkpoint.every_steps={max(1, -(-steps // (plan.curve_points + 1)))}",  # ceil: curve_points mids
         f"checkpoint.keep_last={plan.curve_points + 2}",
         f"log.monitor_every={max(1, steps // 12)}",
     ]
