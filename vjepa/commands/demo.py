@@ -183,6 +183,7 @@ def demo_config(args: argparse.Namespace, plan: DemoPlan, run_dir: Path, train_s
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from vjepa.checkpoint import RunFolder
     from vjepa.eval.protocol import (
         SYNTHETIC_CLASSES,
         ProbeContext,
@@ -205,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir = out / "run"
     splits = find_data_splits(Path(args.data)) if args.data else None
     cfg = demo_config(args, plan, run_dir, splits["train"] if splits else None)
-    if args.fresh and (run_dir / "config.yaml").is_file():
+    if args.fresh and RunFolder(run_dir).config.is_file():
         shutil.rmtree(run_dir)
     d, m = cfg.data, cfg.model
     grid = token_grid(frames=d.frames_per_clip, crop=d.crop_size, patch=m.patch_size, tubelet=m.tubelet_size)
