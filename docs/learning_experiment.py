@@ -4,7 +4,9 @@ on the same features, and appends one JSON line (every number in the log) to `--
 
 Usage (from the repository root): `python docs/learning_experiment.py --name r2 --lr 3e-4 --ema 0.998`.
 Runs r1-r4 of the log: r1 `--lr 3e-4 --ema 0.99`, r2 `--lr 3e-4 --ema 0.998 --context --skip-single`,
-r3 `--lr 1e-4 --ema 0.99 --masks short_future --attentive 2`, r4 `--lr 3e-4 --ema 0.998 --seed 1`.
+r3 `--lr 1e-4 --ema 0.99 --masks short_future --attentive 2`, r4 `--lr 3e-4 --ema 0.998 --seed 1`; r5/r6 as r4
+with `--seed 0 --gen heldout_a|heldout_b --skip-single`, r7 `--steps 600`, r8-r10 `--init-fix --seed 0|1|2`, r11
+`--init-fix --gen heldout_b`.
 It runs against the library as of commit 5597692 (the snapshot the measurements used; the seams refactor has
 since renamed some of what it imports, e.g. SingleEngine) plus that commit's successor of
 data_pipelines/synthetic.py with SceneParams:
