@@ -256,7 +256,7 @@ class LogConfig:
     jsonl: bool = True
     tensorboard: bool = True
     monitor_every: int = 20  # steps between collapse monitors (effective dim, clip-constant share); 0: off
-    collapse_warn_fraction: float = 0.5  # warn when an effective dim falls below this x its first value
+    collapse_warn_fraction: float = 0.7  # warn when an effective dim falls below this x its first value
 
     def validate(self, prefix: str = "log") -> None:
         check(self.every_steps >= 1, f"{prefix}.every_steps", "must be >= 1")

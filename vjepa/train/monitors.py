@@ -26,6 +26,10 @@ import torch
 
 __all__ = ["CLIP_CONST_MAX", "CollapseWatch", "collapse_stats", "collapse_verdict", "spectrum_stats"]
 
+# An effective dimensionality below this fraction of its first value is a collapse. 0.7: the CPU collapse in
+# docs/learning.md (r1: participation ratio 6.25 -> 3.82, 0.61x, 80 % of the variance clip-constant, probe at
+# chance) must be flagged; the other runs there ended at 0.72x (r3) and 0.93x (r2) of their start.
+WARN_FRACTION = 0.7
 CLIP_CONST_MAX = 0.9  # a clip_const above this: the tokens mostly say which clip they come from, not where
 _EPS = 1e-12
 
@@ -103,7 +107,9 @@ class CollapseWatch:
     """Warns once when a monitor enters the collapsed state: an `*eff_dim` below `warn_fraction` x its
     first value, or a `*clip_const` above `clip_const_max`. A key that recovers may warn again."""
 
-    def __init__(self, *, warn_fraction: float = 0.5, clip_const_max: float = CLIP_CONST_MAX) -> None:
+    def __init__(
+        self, *, warn_fraction: float = WARN_FRACTION, clip_const_max: float = CLIP_CONST_MAX
+    ) -> None:
         if not 0.0 < warn_fraction < 1.0:
             raise ValueError(f"log.collapse_warn_fraction: must be in (0, 1), got {warn_fraction}")
         if not 0.0 < clip_const_max <= 1.0:
@@ -141,7 +147,7 @@ class CollapseWatch:
 def collapse_verdict(
     records: list[Mapping[str, object]],
     *,
-    warn_fraction: float = 0.5,
+    warn_fraction: float = WARN_FRACTION,
     clip_const_max: float = CLIP_CONST_MAX,
     keys: tuple[str, ...] = ("target", "pred"),
 ) -> dict[str, object]:
