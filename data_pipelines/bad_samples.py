@@ -60,6 +60,22 @@ class SkipStats:
             keys = self.keys_by_shard.setdefault(shard, [])
             keys.extend(new[: MAX_KEYS_PER_SHARD - len(keys)])
 
+    def report(self) -> dict:
+        """The counters a stream's `stats()` reports: samples seen and skipped, with keys per shard."""
+        return {
+            "samples_seen": self.seen,
+            "skipped": self.skipped,
+            "skip_fraction": self.fraction,
+            "skipped_by_shard": {
+                shard: {
+                    "skipped": n,
+                    "seen": self.seen_by_shard.get(shard, 0),
+                    "keys": self.keys_by_shard[shard],
+                }
+                for shard, n in self.skipped_by_shard.items()
+            },
+        }
+
     @property
     def fraction(self) -> float:
         return self.skipped / self.seen if self.seen else 0.0

@@ -167,6 +167,47 @@ class _Samples:
         return _Loaded(fetch.unit, fetch.entry, fetch.label, clips)
 
 
+def clip_picker(cfg: DataConfig, rng: np.random.Generator) -> IndexPicker:
+    """The decoder's frame-index picker for a sample: `cfg`'s clips drawn with `rng` -> [C, T] indices."""
+
+    def pick(num_frames: int, video_fps: float) -> np.ndarray:
+        return clip_indices(
+            num_frames,
+            video_fps,
+            frames=cfg.frames_per_clip,
+            frame_step=cfg.frame_step,
+            fps=cfg.fps,
+            num_clips=cfg.num_clips,
+            pad=cfg.pad_short,
+            rng=rng,
+        )  # [C, T]
+
+    return pick
+
+
+def augmented_clips(
+    cfg: DataConfig, wait: Callable[[], DecodedVideo] | None, error: str, rng: np.random.Generator
+) -> list[torch.Tensor]:
+    """A decoded sample's C augmented clips [3, T, S, S] uint8; BadSampleError(`error`) when it did not
+    decode (`wait` is None) or `wait()` raises it."""
+    if wait is None:
+        raise BadSampleError(error)
+    clips = wait().frames  # [C, T, H, W, 3] uint8
+    # drawn after the decode: the picker draws the clip starts from the same generator first
+    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    return [
+        augment_clip(
+            frames,
+            size=cfg.crop_size,
+            scale=cfg.crop_scale,
+            aspect=cfg.crop_aspect,
+            hflip=cfg.hflip,
+            generator=generator,
+        )
+        for frames in clips
+    ]
+
+
 class ClipDataset(IterableDataset):
     """Yields (VideoBatch, BatchInfo) for the stream starting at `self.start`, this worker's share (the batch
     is None where one rank's epoch ends without a batch to deliver). `chain` is set by the loader before
@@ -337,38 +378,8 @@ class ClipDataset(IterableDataset):
         return batch, p, skips
 
     def picker(self, rng: np.random.Generator) -> IndexPicker:
-        c = self.cfg
-
-        def pick(num_frames: int, video_fps: float) -> np.ndarray:
-            return clip_indices(
-                num_frames,
-                video_fps,
-                frames=c.frames_per_clip,
-                frame_step=c.frame_step,
-                fps=c.fps,
-                num_clips=c.num_clips,
-                pad=c.pad_short,
-                rng=rng,
-            )  # [C, T]
-
-        return pick
+        return clip_picker(self.cfg, rng)
 
     def clips(self, fetch: _Fetch) -> list[torch.Tensor]:
         """The sample's C augmented clips [3, T, S, S] uint8; BadSampleError if it cannot be used."""
-        if fetch.wait is None:
-            raise BadSampleError(fetch.error)
-        clips = fetch.wait().frames  # [C, T, H, W, 3] uint8
-        c = self.cfg
-        # drawn after the decode: `pick` draws the clip starts from the same generator first
-        generator = torch.Generator().manual_seed(int(fetch.rng.integers(2**62)))
-        return [
-            augment_clip(
-                frames,
-                size=c.crop_size,
-                scale=c.crop_scale,
-                aspect=c.crop_aspect,
-                hflip=c.hflip,
-                generator=generator,
-            )
-            for frames in clips
-        ]
+        return augmented_clips(self.cfg, fetch.wait, fetch.error, fetch.rng)

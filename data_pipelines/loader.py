@@ -196,13 +196,7 @@ class VideoLoader:
             "batch": p.batch,
             "step": p.step,
             "clips": self._clips,
-            "samples_seen": s.seen,
-            "skipped": s.skipped,
-            "skip_fraction": s.fraction,
-            "skipped_by_shard": {
-                shard: {"skipped": n, "seen": s.seen_by_shard.get(shard, 0), "keys": s.keys_by_shard[shard]}
-                for shard, n in s.skipped_by_shard.items()
-            },
+            **s.report(),
         }
 
 

@@ -46,115 +46,36 @@ opened or read (network error, damaged tar) stops the run with its URL.
 from __future__ import annotations
 
 import logging
-import shutil
-import sys
-import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.gopen import gopen
-from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander, tar_file_iterator
 
 from data_pipelines.bad_samples import BadSampleError, SkipStats, TooManyBadSamplesError
 from data_pipelines.batch import MaskFn, VideoBatch
 from data_pipelines.config import DataConfig
-from data_pipelines.dataset import _stack, one_ahead
-from data_pipelines.decode import DecodedVideo, IndexPicker, VideoDecoder
+from data_pipelines.dataset import _stack, augmented_clips, clip_picker, one_ahead
+from data_pipelines.decode import DecodedVideo, VideoDecoder
 from data_pipelines.loader import _as_is, _freeze_inherited_objects
 from data_pipelines.plan import EpochPlan
-from data_pipelines.sampling import clip_indices
-from data_pipelines.sources import VIDEO_EXTENSIONS, Source, Unit, _parse_label, expand_braces
-from data_pipelines.transforms import augment_clip
+from data_pipelines.sources import Source, _parse_label
+from data_pipelines.stream_shards import (
+    STREAM_PREFIXES,
+    VIDEO_EXTS,
+    StreamShard,
+    count_samples,
+    is_stream_url,
+    read_shard,
+    stream_shards,
+)
 
 __all__ = ["STREAM_PREFIXES", "ShardStream", "StreamShard", "build_stream", "count_samples", "is_stream_url"]
 
 log = logging.getLogger(__name__)
 
-STREAM_PREFIXES = ("http://", "https://", "pipe:")
-_VIDEO_EXTS = {ext.lstrip(".") for ext in VIDEO_EXTENSIONS}
 Cursor = tuple[int, int]  # (shard position in a reader's list, samples consumed in that shard)
-
-
-def is_stream_url(path: str) -> bool:
-    """Whether a source path names streamed shards (this module) rather than local files."""
-    return path.startswith(STREAM_PREFIXES)
-
-
-@dataclass(frozen=True)
-class StreamShard:
-    url: str
-    samples: int  # stated (`samples_per_shard`) or counted
-
-    @property
-    def name(self) -> str:
-        """What sample keys start with: the shard's file name without `.tar` (for `pipe:`, that of the
-        command's last word naming a `.tar`, else of its last word)."""
-        if self.url.startswith("pipe:"):
-            words = self.url.removeprefix("pipe:").split() or [""]
-            path = ([w for w in words if ".tar" in w] or words)[-1]
-        else:
-            path = urlparse(self.url).path
-        return path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".tar")
-
-
-class _SampleCounter:
-    """Numbers samples as tar member names stream past, grouped as webdataset groups them (runs of members
-    sharing a key), and selects the members of samples `skip` and later (the others' data is not kept)."""
-
-    def __init__(self, skip: int = 0) -> None:
-        self.skip, self.count = skip, 0
-        self._key: str | None = None
-
-    def __call__(self, name: str) -> bool:
-        key, _ = base_plus_ext(name)
-        if key is None:
-            return False
-        if key != self._key:
-            self._key, self.count = key, self.count + 1
-        return self.count > self.skip
-
-
-def _close(stream: Any, *, early: bool) -> None:
-    """Closes a gopen stream; after an early stop the writer (cat, curl) dies of the closed pipe, which is
-    no error."""
-    try:
-        stream.close()
-    except OSError:
-        if not early:
-            raise
-
-
-def count_samples(url: str) -> int:
-    """Samples in a streamed shard, counted from its member names; the data streams past unread."""
-    counter = _SampleCounter(skip=sys.maxsize)
-    stream = gopen(url, "rb")
-    try:
-        for _ in tar_file_iterator(stream, select_files=counter):
-            pass
-    finally:
-        _close(stream, early=False)
-    return counter.count
-
-
-def read_shard(url: str, skip: int = 0) -> Iterator[tuple[int, dict]]:
-    """(m, webdataset sample dict) for samples m = skip, skip + 1, ... of a streamed shard; the first `skip`
-    samples' members stream past without being kept or decoded."""
-    stream = gopen(url, "rb")
-    done = False
-    try:
-        files = tar_file_expander([{"url": url, "stream": stream}], select_files=_SampleCounter(skip))
-        yield from enumerate(group_by_keys(files), start=skip)
-        done = True
-    finally:
-        _close(stream, early=not done)
-
-
-# ----------------------------------------------------------------------------- the epoch layout
 
 
 class _Layout:
@@ -218,7 +139,7 @@ class _Item:
 
 def _video_and_label(sample: dict) -> tuple[bytes, int]:
     """A webdataset sample's video bytes and label (KEY.cls, else KEY.json's "label", else -1)."""
-    videos = [ext for ext in sample if not ext.startswith("__") and ext.rsplit(".", 1)[-1] in _VIDEO_EXTS]
+    videos = [ext for ext in sample if not ext.startswith("__") and ext.rsplit(".", 1)[-1] in VIDEO_EXTS]
     if not videos:
         members = ",".join(sorted(ext for ext in sample if not ext.startswith("__")))
         raise BadSampleError(f"no video member (members: {members or 'none'})")
@@ -324,50 +245,13 @@ class _StreamDataset(IterableDataset):
                 )
                 try:
                     data, item.label = _video_and_label(sample)
-                    item.wait = decoder.submit(data, self._picker(rng))
+                    item.wait = decoder.submit(data, clip_picker(self.cfg, rng))
                 except BadSampleError as err:
                     item.error = str(err)
                 yield item
             empty = 0 if found or skip else empty + 1
             pos, skip = pos + 1, 0
         raise TooManyBadSamplesError(f"rank {self.rank}: shards {[s.url for _, s in reads]} hold no samples")
-
-    def _picker(self, rng: np.random.Generator) -> IndexPicker:
-        c = self.cfg
-
-        def pick(num_frames: int, video_fps: float) -> np.ndarray:
-            return clip_indices(
-                num_frames,
-                video_fps,
-                frames=c.frames_per_clip,
-                frame_step=c.frame_step,
-                fps=c.fps,
-                num_clips=c.num_clips,
-                pad=c.pad_short,
-                rng=rng,
-            )  # [C, T]
-
-        return pick
-
-    def _clips(self, item: _Item) -> list[torch.Tensor]:
-        """The member's C augmented clips [3, T, S, S] uint8; BadSampleError if it cannot be used."""
-        if item.wait is None:
-            raise BadSampleError(item.error)
-        clips = item.wait().frames  # [C, T, H, W, 3] uint8
-        c = self.cfg
-        # drawn after the decode: `pick` draws the clip starts from the same generator first
-        generator = torch.Generator().manual_seed(int(item.rng.integers(2**62)))
-        return [
-            augment_clip(
-                frames,
-                size=c.crop_size,
-                scale=c.crop_scale,
-                aspect=c.crop_aspect,
-                hflip=c.hflip,
-                generator=generator,
-            )
-            for frames in clips
-        ]
 
     def _make_batch(
         self, items: Iterator[_Item], reads: list[tuple[int, StreamShard]], step: int
@@ -380,7 +264,7 @@ class _StreamDataset(IterableDataset):
         limit = sum(shard.samples for _, shard in reads) + 1  # a whole pass without V good members
         for tries, item in enumerate(items, start=1):
             try:
-                sample_clips = self._clips(item)
+                sample_clips = augmented_clips(self.cfg, item.wait, item.error, item.rng)
             except BadSampleError as err:
                 log.warning("skipping sample %s (shard %s): %s", item.key, item.url, err)
                 skips.record(item.url, item.key)
@@ -519,43 +403,8 @@ class ShardStream:
             "batch": p.batch,
             "step": p.step,
             "clips": self._clips,
-            "samples_seen": s.seen,
-            "skipped": s.skipped,
-            "skip_fraction": s.fraction,
-            "skipped_by_shard": {
-                shard: {"skipped": n, "seen": s.seen_by_shard.get(shard, 0), "keys": s.keys_by_shard[shard]}
-                for shard, n in s.skipped_by_shard.items()
-            },
+            **s.report(),
         }
-
-
-def _stream_shards(cfg: DataConfig, prefix: str = "data.sources") -> tuple[list[StreamShard], list[Source]]:
-    """Every source's shard URLs with their sample counts, and the sources as `EpochPlan` reads them."""
-    shards: list[StreamShard] = []
-    sources: list[Source] = []
-    for i, source in enumerate(cfg.sources):
-        key = f"{prefix}.{i}"
-        if not is_stream_url(source.path):
-            raise ValueError(
-                f"{key}.path: {source.path!r} is a local path among streamed URL sources; "
-                f"stream every source ({', '.join(STREAM_PREFIXES)}) or none"
-            )
-        if source.kind not in ("auto", "shards"):
-            raise ValueError(f"{key}.kind: URL sources are tar shards, got kind {source.kind!r}")
-        if source.path.startswith(("http://", "https://")) and shutil.which("curl") is None:
-            raise ValueError(f"{key}.path: webdataset reads http(s) URLs with curl, which is not on the PATH")
-        urls = expand_braces(source.path)
-        counts = [source.samples_per_shard or _counted(url, key) for url in urls]
-        shards.extend(StreamShard(url, n) for url, n in zip(urls, counts, strict=True))
-        sources.append(Source(source.path, source.weight, [Unit(url, None, []) for url in urls]))
-    return shards, sources
-
-
-def _counted(url: str, key: str) -> int:
-    try:
-        return count_samples(url)
-    except (OSError, tarfile.TarError, ValueError) as err:  # curl/pipe exits, network, damaged tar
-        raise ValueError(f"{key}.path: cannot read streamed shard {url!r}: {err}") from err
 
 
 def build_stream(
@@ -577,7 +426,7 @@ def build_stream(
         raise ValueError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
-    shards, sources = _stream_shards(cfg)
+    shards, sources = stream_shards(cfg)
     dataset = _StreamDataset(
         shards, sources, cfg, mask_generator=mask_generator, seed=seed, rank=rank, world_size=world_size
     )
