@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY_RUN
 
 from vjepa.checkpoint import CheckpointManager, RunFolder, load_trainer_state, save_trainer_state
 from vjepa.config import load_config
@@ -16,20 +17,7 @@ from vjepa.models.builder import build_encoder
 from vjepa.models.weights import checked_weights, load_weights, read_torch_file
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "model.name=vit_test",
-    "model.pred_width=32",
-    "model.pred_depth=2",
-    "model.pred_heads=4",
-    "data.dataset=synthetic",
-    "data.frames_per_clip=4",
-    "data.crop_size=32",
-    "data.batch_size=2",
-    "train.precision=fp32",
-    "train.device=cpu",
-    "log.progress=false",
-    "log.tensorboard=false",
-]
+TINY = TINY_RUN
 
 
 class RunsCode:

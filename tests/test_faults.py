@@ -15,26 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY_RUN
 
 from vjepa.checkpoint import CheckpointManager
 from vjepa.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
-TINY = [
-    "model.name=vit_test",
-    "model.pred_width=32",
-    "model.pred_depth=2",
-    "model.pred_heads=4",
-    "data.dataset=synthetic",
-    "data.frames_per_clip=4",
-    "data.crop_size=32",
-    "data.batch_size=2",
-    "train.precision=fp32",
-    "train.device=cpu",
-    "log.progress=false",
-    "log.tensorboard=false",
-]
+TINY = TINY_RUN
 
 
 def cfg_for(run: Path, *extra: str):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY_RUN
 
 from vjepa.checkpoint import CheckpointManager
 from vjepa.config import OptimConfig, load_config
@@ -22,18 +23,7 @@ from vjepa.train.schedules import lr_at, momentum_at, values_at, weight_decay_at
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
-    "model.name=vit_test",
-    "model.pred_width=32",
-    "model.pred_depth=2",
-    "model.pred_heads=4",
-    "data.dataset=synthetic",
-    "data.frames_per_clip=4",
-    "data.crop_size=32",
-    "data.batch_size=2",
-    "train.precision=fp32",
-    "train.device=cpu",
-    "log.progress=false",
-    "log.tensorboard=false",
+    *TINY_RUN,
     "optim.warmup_steps=3",
 ]
 
