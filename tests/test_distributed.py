@@ -26,15 +26,10 @@ from pathlib import Path
 import dist_worker as worker
 import pytest
 import torch
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def subprocess_env() -> dict[str, str]:
@@ -44,6 +39,16 @@ def subprocess_env() -> dict[str, str]:
 
 
 def run_torchrun(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """Two workers under a non-elastic torchrun, with the port after the master's held by another socket:
+    only a group that may restart keeps a store there (`fresh_store`), so these runs must not need it."""
+    port = free_port(span=2)
+    with socket.socket() as neighbour:
+        neighbour.bind(("127.0.0.1", port + 1))
+        neighbour.listen()
+        return _run_torchrun(args, port, timeout)
+
+
+def _run_torchrun(args: list[str], port: int, timeout: int) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable,
         "-m",
@@ -53,7 +58,7 @@ def run_torchrun(args: list[str], timeout: int = 300) -> subprocess.CompletedPro
         "--master_addr",
         "127.0.0.1",
         "--master_port",
-        str(free_port()),
+        str(port),
         *args,
     ]
     proc = subprocess.run(
@@ -353,6 +358,26 @@ def test_failed_process_group_start_raises(monkeypatch: pytest.MonkeyPatch) -> N
     env = DistEnv(rank=1, world_size=2, master_addr="127.0.0.1", master_port=free_port(), source="torchrun")
     with pytest.raises(RuntimeError, match="could not start the gloo process group"):
         start_process_group(env, torch.device("cpu"), timeout=timedelta(seconds=2))
+    assert not torch.distributed.is_initialized()
+
+
+def test_an_elastic_group_whose_store_port_is_taken_names_the_port(monkeypatch) -> None:
+    from datetime import timedelta
+
+    from vjepa.distributed.env import DistEnv
+    from vjepa.distributed.process_group import start_process_group
+
+    port = free_port(span=2)
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "2")
+    env = DistEnv(rank=0, world_size=2, master_addr="127.0.0.1", master_port=port, source="torchrun")
+    with socket.socket() as neighbour:
+        neighbour.bind(("127.0.0.1", port + 1))
+        neighbour.listen()
+        with pytest.raises(
+            RuntimeError, match=f"MASTER_PORT \\+ 1 = 127.0.0.1:{port + 1}, which could not be served"
+        ):
+            start_process_group(env, torch.device("cpu"), timeout=timedelta(seconds=2))
     assert not torch.distributed.is_initialized()
 
 

@@ -8,24 +8,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 10
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def children(pid: int) -> list[int]:
@@ -61,7 +55,7 @@ def logged_steps(run: Path) -> list[int]:
 
 def test_two_agents_restart_from_the_last_checkpoint_after_a_worker_dies(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    port = free_port()
+    port = free_port(span=2)  # the rendezvous port and the group store next to it
     cmd = [
         "bash", str(REPO / "launch" / "torchrun.sh"),
         "--nnodes", "2", "--rdzv", f"127.0.0.1:{port}", "--rdzv-id", "elastic-test", "--max-restarts", "2",

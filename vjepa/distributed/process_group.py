@@ -46,6 +46,14 @@ def export_torchrun_env(env: DistEnv) -> None:
 ELASTIC_STORE_PORT_OFFSET = 1
 
 
+def restarts_allowed() -> bool:
+    """True under a torchrun agent that may restart its workers (`--max-restarts` above 0)."""
+    try:
+        return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
+    except ValueError:
+        return False
+
+
 def fresh_store(env: DistEnv, timeout: timedelta) -> dist.TCPStore:
     """A new key-value store for this group, served by rank 0 at MASTER_PORT + 1.
 
@@ -53,15 +61,25 @@ def fresh_store(env: DistEnv, timeout: timedelta) -> dist.TCPStore:
     while the agents' restart counts (which torch uses to separate rounds) diverge when one agent restarts
     for a failure and the other for the membership change. A restarted group then reads the previous group's
     addresses from that store and fails to connect. A store started by this group's rank 0 holds no old keys.
+    Only groups that may restart use it, so a plain torchrun launch needs no second port.
     """
-    return dist.TCPStore(
-        env.master_addr,
-        env.master_port + ELASTIC_STORE_PORT_OFFSET,
-        env.world_size,
-        is_master=env.rank == 0,
-        timeout=timeout,
-        wait_for_workers=False,
-    )
+    port = env.master_port + ELASTIC_STORE_PORT_OFFSET
+    try:
+        return dist.TCPStore(
+            env.master_addr,
+            port,
+            env.world_size,
+            is_master=env.rank == 0,
+            timeout=timeout,
+            wait_for_workers=False,
+        )
+    except Exception as err:
+        raise RuntimeError(
+            f"an elastic group (--max-restarts > 0) keeps its own store at MASTER_PORT + "
+            f"{ELASTIC_STORE_PORT_OFFSET} = {env.master_addr}:{port}, which could not be "
+            f"{'served' if env.rank == 0 else 'reached'} ({err}); choose a rendezvous or master port whose next "
+            "port is free"
+        ) from err
 
 
 def start_process_group(env: DistEnv, device: torch.device, *, timeout: timedelta = DEFAULT_TIMEOUT) -> bool:
@@ -82,7 +100,7 @@ def start_process_group(env: DistEnv, device: torch.device, *, timeout: timedelt
     try:
         if env.world_size == 1:  # launched alone: a private in-memory store, no port to collide on
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
-        elif os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        elif os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and restarts_allowed():
             store = fresh_store(env, timeout)
             dist.init_process_group(
                 backend, store=store, rank=env.rank, world_size=env.world_size, timeout=timeout
