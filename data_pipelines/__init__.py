@@ -4,7 +4,8 @@ imports only them, everything else is internal.
 - Training data: `build_train_stream` (the `BatchStream` for a `DataConfig`), `build_loader` (the file
   loader itself), the `VideoBatch` / `MaskBatch` it yields, `MaskGenerator` / `MaskSpec` /
   `default_mask_specs` for the masks, `normalize` for the training device.
-- Evaluation clips: `EvalClipSpec`, `iter_eval_videos` -> `EvalVideo`, `find_splits`.
+- Evaluation clips: `EvalClipSpec`, `iter_eval_videos` -> `EvalVideo`, `find_splits`, `list_eval_samples`
+  (a split's samples in source order, for extraction in parts).
 - Making data: `list_videos` (a folder's videos and class labels), `pack_videos` (videos -> tar shards),
   `write_synthetic_dataset` and `render_video` (the synthetic motion clips) with their `CLASS_NAMES`.
 - Config checks, shared with the vjepa config tree: `check`, `check_choice`, `check_choices`,
@@ -33,7 +34,13 @@ if TYPE_CHECKING:
         literal_values,
     )
     from data_pipelines.config import DataConfig, SourceConfig
-    from data_pipelines.eval_clips import EvalClipSpec, EvalVideo, find_splits, iter_eval_videos
+    from data_pipelines.eval_clips import (
+        EvalClipSpec,
+        EvalVideo,
+        find_splits,
+        iter_eval_videos,
+        list_eval_samples,
+    )
     from data_pipelines.loader import build_loader
     from data_pipelines.masking import MaskGenerator, MaskSpec, default_mask_specs
     from data_pipelines.shard_writer import pack_videos
@@ -58,6 +65,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "EvalVideo": "eval_clips",
     "iter_eval_videos": "eval_clips",
     "find_splits": "eval_clips",
+    "list_eval_samples": "eval_clips",
     "list_videos": "sources",
     "pack_videos": "shard_writer",
     "render_video": "synthetic",
@@ -98,6 +106,7 @@ __all__ = [
     "default_mask_specs",
     "find_splits",
     "iter_eval_videos",
+    "list_eval_samples",
     "list_videos",
     "literal_values",
     "normalize",

@@ -15,13 +15,13 @@ sample that cannot be read or decoded is skipped and logged with its key.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from data_pipelines.bad_samples import BadSampleError
 from data_pipelines.config import SourceConfig
@@ -30,7 +30,7 @@ from data_pipelines.sampling import clip_indices
 from data_pipelines.sources import SampleEntry, SampleReader, Unit, load_sources
 from data_pipelines.transforms import spatial_views
 
-__all__ = ["EvalClipSpec", "EvalVideo", "EvalVideos", "find_splits", "iter_eval_videos", "list_samples"]
+__all__ = ["EvalClipSpec", "EvalVideo", "EvalVideos", "find_splits", "iter_eval_videos", "list_eval_samples"]
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def find_splits(data: str | Path) -> dict[str, str]:
     return found or {"features": str(data)}
 
 
-def list_samples(data: str | Path) -> list[tuple[Unit, SampleEntry]]:
+def list_eval_samples(data: str | Path) -> list[tuple[Unit, SampleEntry]]:
     """Every sample of a shard folder / glob / brace pattern, CSV list or video folder, in source order."""
     pattern = any(c in str(data) for c in "*?[{")
     if not pattern and not Path(data).exists():
@@ -139,12 +139,19 @@ def _as_is(item: EvalVideo | Skipped) -> EvalVideo | Skipped:
 
 
 def iter_eval_videos(
-    data: str | Path, spec: EvalClipSpec, *, workers: int = 0, skipped: list[str] | None = None
+    data: str | Path | list[tuple[Unit, SampleEntry]],
+    spec: EvalClipSpec,
+    *,
+    workers: int = 0,
+    skipped: list[str] | None = None,
+    indices: Sequence[int] | None = None,
 ) -> Iterator[EvalVideo]:
-    """The eval clips of every usable sample of `data`, in source order (identical on every run).
+    """The eval clips of every usable sample of `data` (a dataset path, or its `list_eval_samples` listing), in
+    source order (identical on every run); with `indices`, of those samples only, in that order.
     Skipped samples are logged and their keys appended to `skipped`."""
-    dataset = EvalVideos(list_samples(data), spec)
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is)
+    dataset = EvalVideos(data if isinstance(data, list) else list_eval_samples(data), spec)
+    subset = dataset if indices is None else Subset(dataset, list(indices))
+    loader = DataLoader(subset, batch_size=None, num_workers=workers, collate_fn=_as_is)
     for item in loader:
         if isinstance(item, Skipped):
             log.warning("skipping sample %s: %s", item.key, item.reason)

@@ -107,7 +107,7 @@ def test_extract_command_shapes_labels_and_determinism(dataset, run_dir, tmp_pat
     assert outs[0]["videos"] == {"train": 24, "val": 8} and outs[0]["skipped"] == {"train": 0, "val": 0}
     assert outs[0]["shape"]["train"] == [24, 1, TOKENS, WIDTH] and outs[0]["frames"] == 4
     for split in ("train", "val"):
-        a, b = load_features(tmp_path / "a" / f"{split}.pt"), load_features(tmp_path / "b" / f"{split}.pt")
+        a, b = load_features(tmp_path / "a" / split), load_features(tmp_path / "b" / split)
         assert a.tokens.dtype == torch.float16 and torch.isfinite(a.tokens.float()).all()
         assert torch.equal(a.tokens, b.tokens) and a.keys == b.keys
         truth = tar_labels(dataset / split)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 import vjepa
 from vjepa.cli import main
 from vjepa.config import load_config
+from vjepa.eval.extract import load_features
 from vjepa.layers.pos_embed import Rope3D, grid_coords
 from vjepa.models.weights import load_weights
 from vjepa.pretrained import read_pretrained
@@ -570,12 +571,12 @@ def test_extract_and_probe_from_an_official_file(tmp_path, v2, capsys):
     from data_pipelines import EvalClipSpec, iter_eval_videos, normalize
 
     video = next(iter(iter_eval_videos(data / "val", EvalClipSpec(frames=4, frame_step=1, crop=32))))
-    stored = torch.load(feats / "val.pt", weights_only=True)
-    row = stored["keys"].index(video.key)
+    stored = load_features(feats / "val")
+    row = stored.keys.index(video.key)
     with torch.no_grad():
         ref = ref_encoder(v2[1]["target_encoder"], normalize(video.clips), heads=V2["heads"], rope=True)
-    assert max_diff(stored["tokens"][row].float(), ref) <= 1e-2
-    probe = ["probe", "--train", str(feats / "train.pt"), "--val", str(feats / "val.pt"), "--epochs", "2"]
+    assert max_diff(stored.tokens[row].float(), ref) <= 1e-2
+    probe = ["probe", "--train", str(feats / "train"), "--val", str(feats / "val"), "--epochs", "2"]
     assert main([*probe, "--batch", "8"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["num_classes"] == 4 and 0.0 <= result["top1_val"] <= 1.0

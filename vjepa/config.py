@@ -462,15 +462,16 @@ def find_config(path: str | Path) -> Path | Traversable:
     raise ValueError(f"config file not found: {path} (bundled configs: {', '.join(bundled)})")
 
 
-def load_config(
+def load_tree(
+    schema: type,
     path: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     *,
-    check_paths: bool = False,
-) -> Config:
-    """Defaults, then the YAML file, then `key=value` overrides; validated before anything runs, and with
-    `check_paths` also checked against this machine's files (`Config.check_paths`)."""
-    data = to_dict(Config())
+    open_keys: tuple[str, ...] = (),
+) -> Any:
+    """Defaults of the dataclass `schema`, then the YAML file, then `key=value` overrides, built into
+    `schema`; unknown keys and wrong types stop here, naming the key (and the file)."""
+    data = to_dict(schema())
     if path is not None:
         path = find_config(path)
         try:
@@ -481,12 +482,23 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a config file must hold a mapping at the top level")
         try:
-            data = deep_merge(data, loaded, strict=True, open_keys=("dist.deepspeed",))
+            data = deep_merge(data, loaded, strict=True, open_keys=open_keys)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
     for assignment in overrides:
         apply_override(data, assignment)
-    cfg = from_dict(Config, data)
+    return from_dict(schema, data)
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    check_paths: bool = False,
+) -> Config:
+    """Defaults, then the YAML file, then `key=value` overrides; validated before anything runs, and with
+    `check_paths` also checked against this machine's files (`Config.check_paths`)."""
+    cfg = load_tree(Config, path, overrides, open_keys=("dist.deepspeed",))
     cfg.validate()
     if check_paths:
         cfg.check_paths()

@@ -46,7 +46,7 @@ POOLS = ("none", "mean")
 
 @dataclass
 class FeatureSet:
-    tokens: torch.Tensor  # [M, V, N, D] float16
+    tokens: torch.Tensor  # [M, V, N, D] float16 (or bfloat16 / float32 where extracted so)
     labels: torch.Tensor  # [M] int64, -1 where unknown
     keys: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
@@ -69,7 +69,12 @@ def save_features(features: FeatureSet, path: str | Path) -> Path:
 
 
 def load_features(path: str | Path) -> FeatureSet:
+    """A feature file (save_features) or a feature folder written in parts by `vjepa extract`."""
     path = Path(path)
+    if path.is_dir():
+        from vjepa.eval.parts import load_feature_folder
+
+        return load_feature_folder(path)
     if not path.is_file():
         raise ValueError(f"feature file {path} does not exist")
     try:
@@ -154,8 +159,9 @@ def encode_clips(
     device: torch.device | str,
     pool: str = "none",
     transform: ClipTransform | None = None,
+    dtype: torch.dtype = torch.float16,
 ) -> torch.Tensor:
-    """uint8 clips [M, C, T, c, c] -> float16 tokens [M, N, D] on the CPU (N = 1 with pool="mean").
+    """uint8 clips [M, C, T, c, c] -> `dtype` tokens [M, N, D] on the CPU (N = 1 with pool="mean").
     bf16 autocast on CUDA, fp32 elsewhere."""
     device = torch.device(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
@@ -168,7 +174,7 @@ def encode_clips(
             tokens = encoder(normalize(chunk))  # [B, N, D]
         if pool == "mean":
             tokens = tokens.float().mean(1, keepdim=True)  # [B, 1, D]
-        out.append(tokens.to("cpu", torch.float16))
+        out.append(tokens.to("cpu", dtype))
     return torch.cat(out)
 
 
@@ -181,6 +187,7 @@ def encode_videos(
     pool: str = "none",
     transform: ClipTransform | None = None,
     meta: dict[str, Any] | None = None,
+    dtype: torch.dtype = torch.float16,
 ) -> FeatureSet:
     """Features of every clip of every video, batched across videos; the order of `videos` is kept."""
     if pool not in POOLS:
@@ -192,7 +199,9 @@ def encode_videos(
     def flush() -> None:
         views = pending[0].clips.shape[0]
         clips = torch.cat([v.clips for v in pending])  # [len(pending) * V, C, T, c, c]
-        out = encode_clips(encoder, clips, batch=batch, device=device, pool=pool, transform=transform)
+        out = encode_clips(
+            encoder, clips, batch=batch, device=device, pool=pool, transform=transform, dtype=dtype
+        )
         tokens.append(out.view(len(pending), views, *out.shape[1:]))  # [m, V, N, D]
         labels.extend(v.label for v in pending)
         keys.extend(v.key for v in pending)
