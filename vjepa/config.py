@@ -267,6 +267,35 @@ class LogConfig:
 
 
 @dataclass
+class PeriodicEvalConfig:
+    """The run probing itself (vjepa/train/periodic_probe.py): every `every_steps` steps a probe on the EMA
+    target's frozen features of a small labelled split logs `probe_top1`."""
+
+    every_steps: int = 0  # 0: off
+    data: str = ""  # a folder with train/ and val/ (labelled shards, class folders or CSVs), or "synthetic"
+    probe: Literal["linear", "attentive"] = "linear"  # linear: deterministic L-BFGS on mean tokens
+    max_videos: int = 256  # per split
+    seed: int = 0  # of the rendered clips with data=synthetic
+
+    def validate(self, prefix: str = "eval") -> None:
+        check(self.every_steps >= 0, f"{prefix}.every_steps", "must be >= 0 (0 turns it off)")
+        check(self.max_videos >= 2, f"{prefix}.max_videos", "must be >= 2")
+        check(
+            self.every_steps == 0 or bool(self.data),
+            f"{prefix}.data",
+            "needs a labelled dataset folder (train/ and val/) or 'synthetic' when eval.every_steps > 0",
+        )
+
+    def check_paths(self, prefix: str = "eval") -> None:
+        if self.every_steps == 0 or self.data == "synthetic":
+            return
+        root = Path(self.data)
+        for split in ("train", "val"):
+            if not ((root / split).exists() or (root / f"{split}.csv").is_file()):
+                raise ValueError(f"{prefix}.data: {root} has neither {split}/ nor {split}.csv")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: list[MaskSpec] = field(default_factory=default_mask_specs)
@@ -276,6 +305,7 @@ class Config:
     dist: DistConfig = field(default_factory=DistConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    eval: PeriodicEvalConfig = field(default_factory=PeriodicEvalConfig)
 
     def check_paths(self) -> None:
         """The paths on this machine: the data sources exist and train.out_dir can be written. Separate from
@@ -283,6 +313,7 @@ class Config:
         mounted; a training run checks both before it builds anything."""
         self.data.check_paths("data")
         self.train.check_paths("train")
+        self.eval.check_paths("eval")
 
     def validate(self) -> None:
         """Every section checks itself (errors name the dotted key), then the checks across sections."""

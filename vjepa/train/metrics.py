@@ -98,7 +98,7 @@ class RunLogger:
                 **extra,
                 refresh=False,
             )
-        if step % self.cfg.every_steps and not monitored:
+        if step % self.cfg.every_steps and not monitored and "probe_top1" not in scalars:
             return
         if self.jsonl is not None:
             clean = {

@@ -41,6 +41,7 @@ from vjepa.pretrained import read_pretrained
 from vjepa.train.metrics import RunLogger, trim_log
 from vjepa.train.monitors import collapse_stats
 from vjepa.train.optim import build_optimizer, set_lr_wd
+from vjepa.train.periodic_probe import PeriodicProbe
 from vjepa.train.preemption import StopSignals, stop_with_launcher
 from vjepa.train.resume import restore_newest
 from vjepa.train.schedules import StepValues, values_at
@@ -232,6 +233,7 @@ class Run:
     ckpts: CheckpointManager
     owns_group: bool
     guard: LossGuard
+    probe: PeriodicProbe | None = None  # eval.every_steps: the run probing itself
 
     def save(self, step: int) -> None:
         """Collective: a complete step folder with the weights, this rank's trainer state, the config."""
@@ -302,7 +304,8 @@ def build_run(cfg: Config) -> Run:
         cfg.data, mask_generator=masks, seed=cfg.train.seed, rank=env.rank, world_size=env.world_size
     )
     guard = LossGuard(cfg.train.loss_spike_factor, cfg.train.loss_guard_warmup)
-    return Run(cfg, env, device, folder, engine, data, ckpts, owns_group, guard)
+    probe = PeriodicProbe(cfg, device, main=env.is_main) if cfg.eval.every_steps > 0 else None
+    return Run(cfg, env, device, folder, engine, data, ckpts, owns_group, guard, probe)
 
 
 def resume(run: Run) -> int:
@@ -383,7 +386,14 @@ def loop(run: Run, start: int, signals: StopSignals) -> TrainSummary:
                 )
             else:
                 first, last = result.loss if first is None else first, result.loss
-            logger.log(step, step_metrics(result, batch, run, skipped, t1 - t0, t2 - t0))
+            metrics = step_metrics(result, batch, run, skipped, t1 - t0, t2 - t0)
+            if run.probe is not None and run.probe.due(step + 1):
+                metrics.update(run.probe(run.engine.target.module))
+                if "probe_top1" in metrics:
+                    log.info(
+                        "step %d: probe top-1 %.3f (eval.data=%s)", step, metrics["probe_top1"], cfg.eval.data
+                    )
+            logger.log(step, metrics)
             if bad_in_a_row >= cfg.train.max_bad_steps:
                 raise LossGuardError(
                     f"{bad_in_a_row} consecutive skipped steps ({why_skipped(result, limit)}; train.max_bad_steps="
