@@ -9,6 +9,9 @@ With `labels_per_class`, the probe trains on that many videos of each class only
 subset is drawn from `seed`, so several seeds are several label subsets). A linear probe pools the tokens
 once before training: their mean, or with `pool` an average over the cells of a coarse (time, height,
 width) grid, each cell with its own weights (a linear readout that keeps coarse where and when).
+The default probe is V-JEPA 2's attentive one (3 self-attention blocks, then the pooler; 16 heads). With
+`attend_across_segments`, one view is the tokens of all temporal segments of a spatial view (vjepa.eval.views).
+Several heads (lrs x wds) in one pass are vjepa.eval.sweep's train_probes; train_probe trains one.
 """
 
 from __future__ import annotations
@@ -22,7 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from vjepa.eval.extract import FeatureSet
-from vjepa.eval.probe import build_probe
+from vjepa.eval.fit import FitResult, fit_heads
+from vjepa.eval.heads import LoopHeads
+from vjepa.eval.metrics import classification_metrics
+from vjepa.eval.probe import DEFAULT_HEADS, build_probe
+from vjepa.eval.views import join_segments
 
 Grid = tuple[int, int, int]
 
@@ -33,6 +40,8 @@ __all__ = [
     "multiview_predict",
     "num_classes_of",
     "pool_tokens",
+    "prepare_sets",
+    "probe_result",
     "top1",
     "train_probe",
 ]
@@ -46,12 +55,15 @@ class ProbeConfig:
     wd: float = 0.01
     batch: int = 32
     seed: int = 0
-    depth: int = 0  # self-attention blocks before the attentive pooler (V-JEPA 2 uses 3)
-    heads: int | None = None  # None: probe.default_heads(D)
+    depth: int = 3  # self-attention blocks before the attentive pooler: 3 (V-JEPA 2, 4 blocks), 0 (V-JEPA 1)
+    heads: int | None = DEFAULT_HEADS  # 16; gives way to default_heads(D) on narrow widths (resolve_heads)
     labels_per_class: int | None = None  # train on this many videos per class only (None: all)
     pool: Grid | None = None  # linear: average-pool the token grid to these (T, H, W) cells; None: mean
     solver: str = "adamw"  # adamw (minibatch, epochs) | lbfgs (full batch, linear probes, deterministic)
     lbfgs_iters: int = 200
+    lrs: tuple[float, ...] | None = None  # a sweep (vjepa.eval.sweep): heads for lrs x wds; None: (lr,)
+    wds: tuple[float, ...] | None = None  # None: (wd,)
+    attend_across_segments: bool = False  # one view = the tokens of all segments of a spatial view
 
     def validate(self) -> None:
         for name in ("epochs", "batch"):
@@ -59,6 +71,10 @@ class ProbeConfig:
                 raise ValueError(f"--{name}: must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.wd < 0:
             raise ValueError(f"--lr must be > 0 and --wd >= 0, got lr={self.lr} wd={self.wd}")
+        if self.lrs is not None and (not self.lrs or min(self.lrs) <= 0):
+            raise ValueError(f"--lrs: a non-empty list of learning rates > 0, got {self.lrs}")
+        if self.wds is not None and (not self.wds or min(self.wds) < 0):
+            raise ValueError(f"--wds: a non-empty list of weight decays >= 0, got {self.wds}")
         if self.depth < 0:
             raise ValueError(f"--depth: must be >= 0, got {self.depth}")
         if self.labels_per_class is not None and self.labels_per_class < 1:
@@ -67,8 +83,14 @@ class ProbeConfig:
             raise ValueError(
                 f"--solver: adamw or lbfgs (lbfgs_iters >= 1), got {self.solver}/{self.lbfgs_iters}"
             )
+        if self.solver == "lbfgs" and self.lrs is not None:
+            raise ValueError("--lrs: the lbfgs solver has no learning rate; sweep --wds only")
         if self.pool is not None and (self.kind != "linear" or len(self.pool) != 3 or min(self.pool) < 1):
             raise ValueError(f"--pool: a (T, H, W) grid of cells >= 1 for a linear probe, got {self.pool}")
+
+    def grid(self) -> list[tuple[float, float]]:
+        """The (lr, wd) of every head, lr-major: lrs x wds."""
+        return [(lr, wd) for lr in self.lrs or (self.lr,) for wd in self.wds or (self.wd,)]
 
 
 def pool_tokens(features: FeatureSet, pool: Grid | None, *, chunk: int = 256) -> FeatureSet:
@@ -133,12 +155,6 @@ def _check_sets(train: FeatureSet, val: FeatureSet) -> None:
         )
 
 
-def _param_groups(model: nn.Module, wd: float) -> list[dict]:
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and n != "query"]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and n != "query")]
-    return [{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}]
-
-
 @torch.no_grad()
 def multiview_predict(
     model: nn.Module, tokens: torch.Tensor, *, batch: int = 64, device: torch.device | str = "cpu"
@@ -165,29 +181,102 @@ def train_probe(
     *,
     device: torch.device | str = "cpu",
     predictions: bool = False,
+    progress: bool = False,
+    weights: bool = False,
 ) -> dict:
-    """Trains a probe on `train`, evaluates it on both sets; returns top-1s and the settings used.
-    The train top-1 is measured on the videos the probe trained on. With `predictions`, the result also
-    holds "val_predicted" (the predicted class of every val video, in order)."""
+    """Trains one probe (cfg.lr, cfg.wd; a sweep's lrs/wds are vjepa.eval.sweep's) on `train`, evaluates it
+    on both sets; returns top-1s, the val top-5, per-class accuracy and confusion matrix, the per-epoch
+    history and the settings used. The train top-1 is measured on the videos the probe trained on. With
+    `predictions`, the result also holds "val_predicted" (the predicted class of every val video, in order);
+    with `weights`, "state_dict" (the trained probe's tensors, on the CPU)."""
     cfg = cfg or ProbeConfig()
+    start = time.perf_counter()
+    train, val, kind, classes = prepare_sets(train, val, cfg)
+    if cfg.solver == "lbfgs":
+        fit = fit_lbfgs(train, val, cfg.wd, kind=kind, classes=classes, iters=cfg.lbfgs_iters, device=device)
+    else:
+        bank = LoopHeads([new_probe(train, cfg, kind=kind, classes=classes).to(device)], [cfg.lr], [cfg.wd])
+        fit = fit_heads(bank, train, val, **fit_options(cfg), device=device, progress=progress)
+    result = probe_result(fit, 0, train, val, cfg, lr=cfg.lr, wd=cfg.wd, classes=classes)
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    if predictions:
+        result["val_predicted"] = fit.val_probs[0].argmax(-1).tolist()
+    if weights:
+        result["state_dict"] = fit.state_dicts[0]
+    return result
+
+
+def prepare_sets(
+    train: FeatureSet, val: FeatureSet, cfg: ProbeConfig
+) -> tuple[FeatureSet, FeatureSet, str, int]:
+    """Checks the config and the sets, then applies the label subset, the segment joining and the linear
+    probe's pooling; -> (train, val, probe kind to build, class count)."""
     cfg.validate()
     _check_sets(train, val)
-    start = time.perf_counter()
     classes = num_classes_of(train, val)
     if cfg.labels_per_class is not None:
         keep = label_subset(train.labels, cfg.labels_per_class, seed=cfg.seed)
         train = FeatureSet(train.tokens[keep], train.labels[keep], [train.keys[i] for i in keep], train.meta)
+    if cfg.attend_across_segments:
+        train, val = join_segments(train), join_segments(val)
     kind = cfg.kind
     if kind == "linear":  # pooled once here instead of in every step
         train, val = pool_tokens(train, cfg.pool), pool_tokens(val, cfg.pool)
         kind = "linear" if cfg.pool is None else "token_linear"
-    fit = _fit_lbfgs if cfg.solver == "lbfgs" else _fit_adamw
-    train_probs, val_probs, final_loss = fit(train, val, cfg, kind=kind, classes=classes, device=device)
-    videos, views = train.tokens.shape[:2]
-    extra = {"val_predicted": val_probs.argmax(-1).tolist()} if predictions else {}
+    return train, val, kind, classes
+
+
+def new_probe(train: FeatureSet, cfg: ProbeConfig, *, kind: str, classes: int) -> nn.Module:
+    """A freshly initialised probe for these features; its weights depend on cfg.seed, not on lr or wd."""
+    return build_probe(
+        kind,
+        dim=train.tokens.shape[-1],
+        num_classes=classes,
+        heads=cfg.heads,
+        depth=cfg.depth,
+        seed=cfg.seed,
+        tokens=int(train.tokens.shape[2]),
+    )
+
+
+def fit_options(cfg: ProbeConfig) -> dict:
+    """fit_heads' settings from the config (a lone last video is dropped where BatchNorm would fail)."""
+    return {"epochs": cfg.epochs, "batch": cfg.batch, "seed": cfg.seed, "drop_lone": cfg.kind != "attentive"}
+
+
+def head_result(fit: FitResult, k: int, train: FeatureSet, val: FeatureSet, lr: float, wd: float) -> dict:
+    """Head k's summary: lr, wd, val top-1 and top-5, train top-1, final loss and per-epoch history."""
+    val_metrics = classification_metrics(fit.val_probs[k], val.labels, fit.val_probs.shape[-1])
     return {
-        "top1_val": top1(val_probs, val.labels),
-        "top1_train": top1(train_probs, train.labels),
+        "lr": lr,
+        "wd": wd,
+        "top1_val": val_metrics["top1"],
+        "top5_val": val_metrics["top5"],
+        "top1_train": top1(fit.train_probs[k], train.labels),
+        "final_loss": fit.final_loss[k],
+        "history": fit.history[k],
+    }
+
+
+def probe_result(
+    fit: FitResult,
+    k: int,
+    train: FeatureSet,
+    val: FeatureSet,
+    cfg: ProbeConfig,
+    *,
+    lr: float,
+    wd: float,
+    classes: int,
+) -> dict:
+    """Everything train_probe reports for head k of `fit`, which trained with (lr, wd)."""
+    val_metrics = classification_metrics(fit.val_probs[k], val.labels, classes)
+    videos, views = train.tokens.shape[:2]
+    return {
+        **head_result(fit, k, train, val, lr, wd),
+        "top_k": val_metrics["top_k"],
+        "per_class_val": val_metrics["per_class"],
+        "confusion_val": val_metrics["confusion"],
         "num_classes": classes,
         "chance": 1.0 / classes,
         "train_videos": videos,
@@ -196,71 +285,24 @@ def train_probe(
         "val_views": int(val.tokens.shape[1]),
         "tokens": int(train.tokens.shape[2]),
         "width": int(train.tokens.shape[3]),
-        "final_loss": final_loss,
         **asdict(cfg),
-        "seconds": round(time.perf_counter() - start, 2),
-        **extra,
+        "lr": lr,
+        "wd": wd,
     }
 
 
-def _fit_adamw(
+def fit_lbfgs(
     train: FeatureSet,
     val: FeatureSet,
-    cfg: ProbeConfig,
+    wd: float,
     *,
     kind: str,
     classes: int,
+    iters: int,
     device: torch.device | str,
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Minibatch AdamW with a cosine lr, one random view per video per epoch; -> (train probs [M, K],
-    val probs, mean loss of the last epoch)."""
-    model = build_probe(
-        kind,
-        dim=train.tokens.shape[-1],
-        num_classes=classes,
-        heads=cfg.heads,
-        depth=cfg.depth,
-        seed=cfg.seed,
-        tokens=int(train.tokens.shape[2]),
-    ).to(device)
-    opt = torch.optim.AdamW(_param_groups(model, cfg.wd), lr=cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    videos, views = train.tokens.shape[:2]
-    steps_per_epoch = math.ceil(videos / cfg.batch)
-    total, step, losses = cfg.epochs * steps_per_epoch, 0, []
-    for _ in range(cfg.epochs):
-        model.train()
-        order = torch.randperm(videos, generator=gen)  # [M]
-        view = torch.randint(views, (videos,), generator=gen)  # [M], one view per video this epoch
-        for idx in order.split(cfg.batch):
-            if len(idx) < 2 and cfg.kind != "attentive":  # BatchNorm needs two samples; drop a lone one
-                continue
-            x = train.tokens[idx, view[idx]].to(device, torch.float32)  # [B, N, D]
-            y = train.labels[idx].to(device)
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            step += 1
-    train_probs = multiview_predict(model, train.tokens, batch=cfg.batch, device=device)
-    val_probs = multiview_predict(model, val.tokens, batch=cfg.batch, device=device)
-    return train_probs, val_probs, sum(losses[-steps_per_epoch:]) / max(1, len(losses[-steps_per_epoch:]))
-
-
-def _fit_lbfgs(
-    train: FeatureSet,
-    val: FeatureSet,
-    cfg: ProbeConfig,
-    *,
-    kind: str,
-    classes: int,
-    device: torch.device | str,
-) -> tuple[torch.Tensor, torch.Tensor, float]:
+) -> FitResult:
     """Full-batch multinomial logistic regression by L-BFGS on standardised features (every view of every
-    video a sample), L2 penalty `wd` on the weights; deterministic. -> as _fit_adamw."""
+    video a sample), L2 penalty `wd` on the weights; deterministic. One head; its history is one point."""
     if kind not in ("linear", "token_linear"):
         raise ValueError(f"--solver lbfgs: fits linear probes only, not {kind!r}")
     x = train.tokens.flatten(2).float().flatten(0, 1).to(device)  # [M*V, P*D]
@@ -270,12 +312,12 @@ def _fit_lbfgs(
     weight = torch.zeros(x.shape[1], classes, device=device, requires_grad=True)
     bias = torch.zeros(classes, device=device, requires_grad=True)
     opt = torch.optim.LBFGS(
-        [weight, bias], lr=1.0, max_iter=cfg.lbfgs_iters, history_size=20, line_search_fn="strong_wolfe"
+        [weight, bias], lr=1.0, max_iter=iters, history_size=20, line_search_fn="strong_wolfe"
     )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = F.cross_entropy(x @ weight + bias, y) + cfg.wd * weight.square().sum()
+        loss = F.cross_entropy(x @ weight + bias, y) + wd * weight.square().sum()
         loss.backward()
         return loss
 
@@ -286,4 +328,8 @@ def _fit_lbfgs(
         z = (s.tokens.flatten(2).float().to(device) - mean) / std  # [M, V, P*D]
         return F.softmax(z @ weight + bias, dim=-1).mean(1).cpu()  # [M, K], averaged over views
 
-    return probs(train), probs(val), final
+    val_probs = probs(val)[None]  # [1, M_val, K]
+    history = {"train_loss": [final], "val_top1": [top1(val_probs[0], val.labels)]}
+    tensors = {"weight": weight, "bias": bias, "mean": mean, "std": std}
+    state = {k: v.detach().cpu() for k, v in tensors.items()}
+    return FitResult(probs(train)[None], val_probs, [final], [history], [state])

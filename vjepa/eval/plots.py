@@ -1,5 +1,6 @@
-"""The demo's PNG plots: training loss and collapse monitors, probe accuracy against pretraining step, and a
-confusion matrix. matplotlib is imported on first use (the Agg backend: no display needed)."""
+"""The demo's and the probe report's PNG plots: training loss and collapse monitors, probe accuracy against
+pretraining step, a probe's loss and val accuracy per epoch, and a confusion matrix. matplotlib is imported
+on first use (the Agg backend: no display needed)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_confusion", "plot_curve", "plot_training"]
+__all__ = ["plot_confusion", "plot_curve", "plot_probe_curves", "plot_training"]
 
 
 def _pyplot() -> Any:
@@ -71,6 +72,28 @@ def plot_curve(
     ax.axhline(chance, ls=":", lw=1, color="grey", label=f"chance {chance:.3f}")
     ax.set(title=f"{probe} probe, val top-1 against pretraining", xlabel="pretraining step", ylabel="top-1")
     ax.legend(fontsize=8)
+    return _save(fig, plt, path)
+
+
+def plot_probe_curves(
+    heads: Sequence[Mapping[str, Any]], path: str | Path, *, best: int, title: str = "probe"
+) -> Path:
+    """Mean train loss and val top-1 per epoch of every head ({"lr", "wd", "history": {"train_loss",
+    "val_top1"}}); the other heads thin and grey, the best one bold and labelled."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    order = [k for k in range(len(heads)) if k != best] + [best]  # the best drawn last, on top
+    for k in order:
+        head, is_best = heads[k], k == best
+        style = {"lw": 2.0, "color": "C3", "label": f"best: lr {head['lr']:g}, wd {head['wd']:g}"}
+        if not is_best:
+            style = {"lw": 0.8, "color": "grey", "alpha": 0.5}
+        for ax, key in zip(axes, ("train_loss", "val_top1")):
+            values = head["history"][key]
+            ax.plot(range(1, len(values) + 1), values, "o-" if len(values) == 1 else "-", ms=3, **style)
+    axes[0].set(title=f"{title}: mean train loss per epoch", xlabel="epoch", ylabel="cross-entropy")
+    axes[1].set(title=f"{title}: val top-1 per epoch ({len(heads)} heads)", xlabel="epoch", ylabel="top-1")
+    axes[1].legend(fontsize=8)
     return _save(fig, plt, path)
 
 

@@ -1,6 +1,7 @@
 """Probes on frozen tokens: an attentive probe (optional self-attention blocks, then cross-attention from one
-learned query over all tokens, then Linear), a linear probe on mean-pooled tokens, and a per-token linear
-probe (one weight matrix per token position: a linear readout that still sees where and when).
+learned query over all tokens, then Linear; V-JEPA 2's has 3 blocks + the pooler and 16 heads, V-JEPA 1's
+the pooler only), a linear probe on mean-pooled tokens, and a per-token linear probe (one weight matrix per
+token position: a linear readout that still sees where and when).
 
 Shape legend: B batch, N tokens, D width, K classes, Q learned queries (1), H heads, hd head dim.
 """
@@ -13,9 +14,20 @@ from torch import nn
 
 from vjepa.layers.block import Block, Mlp
 
-__all__ = ["KINDS", "AttentiveProbe", "LinearProbe", "TokenLinearProbe", "build_probe", "default_heads"]
+__all__ = [
+    "DEFAULT_HEADS",
+    "KINDS",
+    "AttentiveProbe",
+    "LinearProbe",
+    "TokenLinearProbe",
+    "build_probe",
+    "default_heads",
+    "resolve_heads",
+]
 
 KINDS = ("attentive", "linear", "token_linear")
+DEFAULT_HEADS = 16  # V-JEPA 2's attentive probe
+MIN_HEAD_DIM = 8  # below this the default of 16 heads gives way to default_heads(D)
 
 
 def default_heads(dim: int, *, min_head_dim: int = 32, max_heads: int = 16) -> int:
@@ -24,6 +36,17 @@ def default_heads(dim: int, *, min_head_dim: int = 32, max_heads: int = 16) -> i
         if dim % heads == 0:
             return heads
     return 1
+
+
+def resolve_heads(dim: int, heads: int | None) -> int:
+    """The head count a probe of width `dim` uses: None means default_heads(dim); the default of 16 heads
+    (DEFAULT_HEADS) also gives way to default_heads(dim) where 16 does not divide `dim` or would leave a head
+    dim under 8 (small test widths). Any other count is used as given (and must divide `dim`)."""
+    if heads is None:
+        return default_heads(dim)
+    if heads == DEFAULT_HEADS and (dim % heads or dim // heads < MIN_HEAD_DIM):
+        return default_heads(dim)
+    return heads
 
 
 class CrossAttention(nn.Module):
@@ -55,7 +78,7 @@ class AttentiveProbe(nn.Module):
 
     def __init__(self, dim: int, num_classes: int, *, heads: int | None = None, depth: int = 0) -> None:
         super().__init__()
-        heads = heads or default_heads(dim)
+        heads = resolve_heads(dim, heads)
         self.blocks = nn.ModuleList(Block(dim, heads, 4 * dim) for _ in range(depth))
         self.query = nn.Parameter(torch.zeros(1, 1, dim))
         self.norm_tokens = nn.LayerNorm(dim, eps=1e-6)
