@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from slurm_cluster import SlurmCluster, missing_binaries, start_cluster
 
 pytestmark = pytest.mark.slurm
@@ -138,3 +139,33 @@ def test_warning_signal_checkpoints_requeues_and_continues_exactly(
     task0 = (run / "slurm" / f"job-{job}-task-0.log").read_text()
     assert f"resumed from {run / 'checkpoints' / first[0]} at step {reached}" in task0
     assert (run / "checkpoints" / f"step_{steps:08d}" / "COMPLETE").is_file()
+
+
+def test_extract_script_splits_the_parts_over_two_tasks(cluster: SlurmCluster, tmp_path: Path) -> None:
+    from tiny import TINY_RUN
+
+    from data_pipelines.synthetic import write_synthetic_dataset
+    from vjepa.cli import main
+    from vjepa.config import load_config
+    from vjepa.eval.extract import load_features
+    from vjepa.train.trainer import train
+
+    run = tmp_path / "run"
+    train(load_config(None, [*TINY_RUN, "train.steps=1", "checkpoint.every_steps=1", f"train.out_dir={run}"]))
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, videos=10, val_videos=4, classes=2, frames=8, size=32, seed=0, workers=1)
+    args = ["--checkpoint", str(run), "--data", str(data), "--part-size", "3", "--batch", "4"]
+    out = tmp_path / "features"
+    flags = ["--parsable", "--wait", "--nodes=1", "--ntasks=2", f"--output={tmp_path / 'sbatch.out'}"]
+    script = REPO / "launch" / "slurm" / "extract.sbatch"
+    job = cluster.run("sbatch", *flags, str(script), *args, "--out", str(out), timeout=600).stdout.strip()
+    job = job.split(";")[0]
+    info = wait_for(cluster, job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=60)
+    job_log = (out / "slurm" / f"job-{job}.log").read_text()
+    assert info["JobState"] == "COMPLETED", job_log + cluster.logs()
+    summaries = [json.loads(line) for line in job_log.splitlines() if line.startswith("{")]
+    assert sorted((s["rank"], s["world"]) for s in summaries) == [(0, 2), (1, 2)], job_log
+    assert main(["extract", *args, "--out", str(tmp_path / "local")]) == 0  # one process, here
+    for split in ("train", "val"):
+        a, b = load_features(out / split), load_features(tmp_path / "local" / split)
+        assert a.keys == b.keys and torch.equal(a.tokens, b.tokens)
