@@ -28,7 +28,7 @@ from vjepa.eval.extract import FeatureSet
 from vjepa.eval.fit import FitResult, fit_heads
 from vjepa.eval.heads import LoopHeads
 from vjepa.eval.metrics import classification_metrics
-from vjepa.eval.probe import DEFAULT_HEADS, build_probe
+from vjepa.eval.probe import DEFAULT_HEADS, build_probe, resolve_heads
 from vjepa.eval.views import join_segments
 
 Grid = tuple[int, int, int]
@@ -285,6 +285,9 @@ def probe_result(
         "val_views": int(val.tokens.shape[1]),
         "tokens": int(train.tokens.shape[2]),
         "width": int(train.tokens.shape[3]),
+        "attention_heads": resolve_heads(int(train.tokens.shape[3]), cfg.heads)
+        if cfg.kind == "attentive"
+        else None,
         **asdict(cfg),
         "lr": lr,
         "wd": wd,

@@ -44,8 +44,8 @@ def write_probe_report(result: dict, out_dir: str | Path) -> dict[str, Path]:
     text = json.dumps(json_safe(result), indent=1, allow_nan=False)
     with atomic_write(paths["json"]) as tmp:
         tmp.write_text(text + "\n")
-    heads = result["heads"] if "heads" in result else [result]  # a sweep, or one head
-    best = int(result["best"]) if "heads" in result else 0
+    sweep = "best" in result  # train_probes' result, or train_probe's (one head)
+    heads, best = (result["heads"], int(result["best"])) if sweep else ([result], 0)
     title = f"{result['kind']} probe"
     plot_probe_curves(heads, paths["curves"], best=best, title=title)
     classes = [str(c) for c in range(len(result["confusion_val"]))]

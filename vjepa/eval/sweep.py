@@ -42,9 +42,10 @@ def train_probes(
     batched: bool | None = None,
     weights: bool = False,
 ) -> dict:
-    """Trains the K = len(lrs) * len(wds) heads of the sweep in one pass over `train`; -> {"heads": [K
-    summaries: lr, wd, top1_val, top5_val, top1_train, final_loss, history], "best": index of the best head,
-    "seconds", **train_probe's result for the best head}. `batched` (attentive probe only): stack the heads
+    """Trains the K = len(lrs) * len(wds) heads of the sweep in one pass over `train`; -> {**train_probe's
+    result for the best head, "heads": [K summaries: lr, wd, top1_val, top5_val, top1_train, final_loss,
+    history], "best": index of the best head, "seconds"} ("heads" replaces the config's attention-head
+    count, which stays in "attention_heads"). `batched` (attentive probe only): stack the heads
     into one vmapped computation (True), loop over them (False), or None: stacked on CUDA, looped elsewhere
     (on the CPU, SDPA has no vmap batching rule and the stacked heads measure slower than the loop).
     With `weights`, every head summary holds its "state_dict"."""
@@ -72,7 +73,8 @@ def train_probes(
     best = max(range(len(heads)), key=lambda k: (heads[k]["top1_val"], -k))
     lr, wd = grid[best]
     result = probe_result(fit, best, train, val, cfg, lr=lr, wd=wd, classes=classes)
-    return {"heads": heads, "best": best, **result, "seconds": round(time.perf_counter() - start, 2)}
+    # "heads" is the list of head summaries here; the probe's attention heads are in "attention_heads".
+    return {**result, "heads": heads, "best": best, "seconds": round(time.perf_counter() - start, 2)}
 
 
 def _lbfgs_heads(
