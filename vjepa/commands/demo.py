@@ -80,7 +80,9 @@ def probe_settings(grid: tuple[int, int, int]) -> dict[str, Any]:
         "few16": ProbeConfig(**lbfgs, labels_per_class=16),
         "few4": ProbeConfig(**lbfgs, labels_per_class=4),
         "token": ProbeConfig(kind="token_linear", solver="lbfgs", wd=1e-3, lbfgs_iters=200),
-        "attentive": ProbeConfig(kind="attentive", epochs=10, lr=1e-3, wd=0.01, batch=32),
+        "attentive": ProbeConfig(
+            kind="attentive", epochs=10, lr=1e-3, wd=0.01, batch=32, depth=0, heads=None
+        ),
     }
 
 

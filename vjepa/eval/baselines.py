@@ -331,7 +331,10 @@ def run_probe_suite(
         pixel_downsample=pixel_downsample,
         device=device,
     )
-    probes = {k: ProbeConfig(kind=k, epochs=epochs, lr=lr, wd=wd, batch=batch, seed=seed) for k in kinds}
+    probes = {  # the 1-block V-JEPA 1 attentive probe, heads from the width: small and quick
+        k: ProbeConfig(kind=k, epochs=epochs, lr=lr, wd=wd, batch=batch, seed=seed, depth=0, heads=None)
+        for k in kinds
+    }
     results, seconds = evaluate_sources(
         modules,
         clips,

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 PROBES = {
     "linear": ProbeConfig(kind="linear", solver="lbfgs", wd=1e-3),
-    "attentive": ProbeConfig(kind="attentive", depth=0, epochs=10, lr=1e-3, wd=0.01, batch=32),
+    "attentive": ProbeConfig(kind="attentive", depth=0, heads=None, epochs=10, lr=1e-3, wd=0.01, batch=32),
 }
 
 
