@@ -9,6 +9,14 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from data_pipelines import EvalClipSpec
+    from vjepa.eval.config import EvalConfig
 
 log = logging.getLogger(__name__)
 
@@ -69,21 +77,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from data_pipelines import EvalClipSpec, find_splits
-    from vjepa.distributed.env import read_env
-    from vjepa.eval.config import flag_overrides, load_eval_config
+def frozen_encoder(cfg: EvalConfig, device: torch.device) -> tuple[nn.Module, EvalClipSpec, dict]:
+    """The frozen encoder of cfg.extract's checkpoint for cfg.clips' eval clips (the checkpoint's frames,
+    frame step and crop where unset), the clip spec, and the settings that identify the features."""
+    from data_pipelines import EvalClipSpec
     from vjepa.eval.extract import checkpoint_config, load_checkpoint_state, load_encoder
-    from vjepa.eval.parts import extract_parts
-    from vjepa.eval.progress import Progress
-    from vjepa.utils import resolve_device
 
-    start = time.perf_counter()
-    given = {key: getattr(args, dest) for dest, key in FLAGS.items()}
-    cfg = load_eval_config(args.config, [*flag_overrides(given), *args.overrides])
     x, c = cfg.extract, cfg.clips
-    x.check_paths()
-    env = read_env()
     state = load_checkpoint_state(x.checkpoint)
     ckpt = checkpoint_config(state)
     spec = EvalClipSpec(
@@ -95,8 +95,6 @@ def run(args: argparse.Namespace) -> int:
         decoder=ckpt.data.decoder,
     )
     spec.validate()
-    device = resolve_device(x.device, index=env.local_rank, key="extract.device")
-    splits = find_splits(x.data)  # before the model is built: a bad data path fails fast
     encoder = load_encoder(
         state,
         frames=spec.frames,
@@ -113,6 +111,26 @@ def run(args: argparse.Namespace) -> int:
         "random_init": x.random_init,
         "seed": x.seed,
     }
+    return encoder, spec, settings
+
+
+def run(args: argparse.Namespace) -> int:
+    from data_pipelines import find_splits
+    from vjepa.distributed.env import read_env
+    from vjepa.eval.config import flag_overrides, load_eval_config
+    from vjepa.eval.parts import extract_parts
+    from vjepa.eval.progress import Progress
+    from vjepa.utils import resolve_device
+
+    start = time.perf_counter()
+    given = {key: getattr(args, dest) for dest, key in FLAGS.items()}
+    cfg = load_eval_config(args.config, [*flag_overrides(given), *args.overrides])
+    x = cfg.extract
+    x.check_paths()
+    env = read_env()
+    device = resolve_device(x.device, index=env.local_rank, key="extract.device")
+    splits = find_splits(x.data)  # before the model is built: a bad data path fails fast
+    encoder, spec, settings = frozen_encoder(cfg, device)
     summary: dict = {**settings, "rank": env.rank, "world": env.world_size, "out": {}, "videos": {}}
     summary.update(skipped={}, shape={}, complete={})
     for split, data in splits.items():

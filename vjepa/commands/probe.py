@@ -10,7 +10,9 @@ import json
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vjepa.eval.config import ProbeSettings
+    import torch
+
+    from vjepa.eval.config import EvalConfig, ProbeSettings
     from vjepa.eval.evaluate import ProbeConfig
 
 FLAGS = {  # flag dest -> eval config key
@@ -25,6 +27,10 @@ FLAGS = {  # flag dest -> eval config key
     "seed": "probe.seed",
     "device": "probe.device",
     "attend_across_segments": "probe.attend_across_segments",
+    "online": "probe.online",
+    "checkpoint": "extract.checkpoint",
+    "data": "extract.data",
+    "workers": "extract.workers",
 }
 
 
@@ -63,6 +69,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--attend-across-segments", action="store_true", default=None, help="a view = all segments of a crop"
     )
+    p.add_argument(
+        "--online",
+        action="store_true",
+        default=None,
+        help="train on clips decoded and encoded every step by the frozen encoder of --checkpoint over "
+        "--data's train/ and val/ (no feature files; the training augmentations)",
+    )
+    p.add_argument("--checkpoint", help="with --online: the encoder (as for vjepa extract)")
+    p.add_argument("--data", help="with --online: a dataset folder with train/ and val/")
+    p.add_argument("--workers", type=int, help="with --online: decoding worker processes")
     p.add_argument("--progress", action="store_true", help="a progress bar per epoch on stderr")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="eval config overrides")
     p.set_defaults(func=run)
@@ -101,10 +117,36 @@ def run(args: argparse.Namespace) -> int:
     settings = cfg.probe
     settings.check_paths()
     device = resolve_device(settings.device, key="probe.device")
-    train, val = load_features(settings.train), load_features(settings.val)
-    result = train_probes(train, val, probe_config(settings), device=device, progress=args.progress)
+    if settings.online:
+        result = _online(cfg, device, progress=args.progress)
+    else:
+        train, val = load_features(settings.train), load_features(settings.val)
+        result = train_probes(train, val, probe_config(settings), device=device, progress=args.progress)
     report = {"train": settings.train, "val": settings.val, **result}
     if settings.out:
         report["files"] = {k: str(v) for k, v in write_probe_report(report, settings.out).items()}
     print(json.dumps(json_safe(report)), flush=True)
     return 0
+
+
+def _online(cfg: EvalConfig, device: torch.device, *, progress: bool) -> dict:
+    from data_pipelines import find_splits
+    from vjepa.commands.extract import frozen_encoder
+    from vjepa.eval.online import train_probes_online
+
+    cfg.extract.check_paths(out=False)
+    splits = find_splits(cfg.extract.data)
+    if not {"train", "val"} <= set(splits):
+        raise ValueError(f"extract.data: probe.online needs train/ and val/ in {cfg.extract.data}")
+    encoder, spec, settings = frozen_encoder(cfg, device)
+    result = train_probes_online(
+        encoder,
+        splits["train"],
+        splits["val"],
+        spec,
+        probe_config(cfg.probe),
+        device=device,
+        workers=cfg.extract.workers,
+        progress=progress,
+    )
+    return {**settings, **result}

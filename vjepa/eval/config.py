@@ -62,13 +62,15 @@ class ExtractSettings:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"{prefix}.device: auto, cpu or cuda, got {self.device!r}")
 
-    def check_paths(self, prefix: str = "extract") -> None:
-        for name in ("checkpoint", "data", "out"):
+    def check_paths(self, prefix: str = "extract", *, out: bool = True) -> None:
+        """The checkpoint and data exist and (with `out`) the output folder can be written."""
+        for name in ("checkpoint", "data", "out") if out else ("checkpoint", "data"):
             if not getattr(self, name):
                 raise ValueError(f"{prefix}.{name}: required (set it in the config or on the command line)")
         if not any(c in self.data for c in "*?[{") and not Path(self.data).exists():
             raise ValueError(f"{prefix}.data: {self.data} does not exist")
-        check_writable_folder(self.out, f"{prefix}.out")
+        if out:
+            check_writable_folder(self.out, f"{prefix}.out")
 
 
 @dataclass
@@ -85,6 +87,7 @@ class ProbeSettings:
     wds: list[float] = field(default_factory=lambda: [0.01])
     seed: int = 0
     attend_across_segments: bool = False  # a view is all segments' tokens of one crop (else each clip)
+    online: bool = False  # train on clips decoded and encoded every step (extract.checkpoint, extract.data)
     device: str = "cpu"
 
     def validate(self, prefix: str = "probe") -> None:
@@ -106,7 +109,7 @@ class ProbeSettings:
             raise ValueError(f"{prefix}.device: cpu or cuda, got {self.device!r}")
 
     def check_paths(self, prefix: str = "probe") -> None:
-        for name in ("train", "val"):
+        for name in () if self.online else ("train", "val"):
             value = getattr(self, name)
             if not value:
                 raise ValueError(f"{prefix}.{name}: required (a feature folder or file from vjepa extract)")
