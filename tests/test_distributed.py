@@ -367,6 +367,9 @@ def test_an_elastic_group_whose_store_port_is_taken_names_the_port(monkeypatch) 
     from vjepa.distributed.env import DistEnv
     from vjepa.distributed.process_group import start_process_group
 
+    for key in LAUNCH_VARS:  # start_process_group exports them; monkeypatch removes them again afterwards
+        monkeypatch.setenv(key, "placeholder")
+        monkeypatch.delenv(key)
     port = free_port(span=2)
     monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
     monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "2")
