@@ -153,3 +153,32 @@ def test_a_sample_whose_arrays_do_not_match_its_video_is_skipped(tmp_path: Path)
     assert json.loads(members["ep00000000.json"])["frames"] == 7
     reader = TrajectoryReader([bad], frames=2)
     assert list(reader) == [] and reader.skipped == 1
+
+
+def test_vjepa_synth_env_push_writes_train_and_val_trajectories(tmp_path: Path) -> None:
+    from vjepa.cli import main
+
+    code = main(
+        [
+            "synth",
+            "--env",
+            "push",
+            "--out",
+            str(tmp_path),
+            "--videos",
+            "2",
+            "--val-videos",
+            "1",
+            "--frames",
+            "5",
+        ]
+    )
+    assert code == 0
+    train, val = sorted((tmp_path / "train").glob("*.tar")), sorted((tmp_path / "val").glob("*.tar"))
+    clips = list(TrajectoryReader(train, frames=5)) + list(TrajectoryReader(val, frames=5))
+    assert [c.key.split("/")[1] for c in clips] == [
+        "ep00000000",
+        "ep00000001",
+        "ep00000002",
+    ]  # val seeds follow
+    assert all(c.frames.shape == (5, 64, 64, 3) and c.actions.shape == (4, 2) for c in clips)

@@ -41,10 +41,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="the dataset depends only on the seed and sizes")
     p.add_argument("--shard-size", type=int, default=100, help="videos per tar shard (default 100)")
     p.add_argument("--workers", type=int, default=2, help="rendering/encoding processes (default 2)")
+    p.add_argument(
+        "--env",
+        choices=("none", "push"),
+        default="none",
+        help="push: write trajectories of the interactive push scene instead (--videos episodes of --frames "
+        "frames, with their actions and states; one process)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.env == "push":
+        return _run_push(args)
     from data_pipelines import write_synthetic_dataset
 
     summary = write_synthetic_dataset(
@@ -59,5 +68,30 @@ def run(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         workers=args.workers,
     )
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    """Trajectory shards of the push scene: train/ seeded seed.., val/ seeded after the training episodes."""
+    from pathlib import Path
+
+    from data_pipelines.push_env import PushEnvParams
+    from data_pipelines.trajectories import write_push_trajectories
+
+    val = args.val_videos if args.val_videos is not None else max(1, args.videos // 4)
+    params = PushEnvParams(size=args.size)
+    summary = {}
+    for split, episodes, seed in (("train", args.videos, args.seed), ("val", val, args.seed + args.videos)):
+        summary[split] = write_push_trajectories(
+            Path(args.out) / split,
+            episodes=episodes,
+            steps=args.frames - 1,
+            seed=seed,
+            params=params,
+            fps=args.fps,
+            shard_size=args.shard_size,
+            overwrite=True,
+        )
     print(json.dumps(summary), flush=True)
     return 0
