@@ -35,6 +35,7 @@ __all__ = [
     "TrajectoryReader",
     "push_episode",
     "scripted_push_actions",
+    "stack_clips",
     "write_push_trajectories",
 ]
 
@@ -143,6 +144,20 @@ class TrajectoryClip:
     frames: np.ndarray  # [T, H, W, 3] uint8
     states: np.ndarray  # [T, S] float32
     actions: np.ndarray  # [T - 1, A] float32
+
+
+def stack_clips(clips: Sequence[TrajectoryClip]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A batch of equally long clips: frames [B, T, H, W, 3] uint8, states [B, T, S], actions [B, T - 1, A]."""
+    if not clips:
+        raise ValueError("clips must hold at least one clip")
+    shapes = {(c.frames.shape, c.states.shape, c.actions.shape) for c in clips}
+    if len(shapes) != 1:
+        raise ValueError(f"clips must share one shape to stack, got {sorted(shapes)}")
+    return (
+        np.stack([c.frames for c in clips]),
+        np.stack([c.states for c in clips]),
+        np.stack([c.actions for c in clips]),
+    )
 
 
 def _samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:

@@ -115,3 +115,51 @@ def test_mpc_executes_the_first_action_and_replans_until_the_goal() -> None:
     torch.testing.assert_close(result.observations[-1], torch.stack(result.actions).sum(0))
     assert warm_starts[0] is None and all(w.shape == (3, 2) for w in warm_starts[1:])
     assert all(float(a.abs().max()) <= 0.2 for a in result.actions)
+
+
+def test_the_pieces_fit_from_push_frames_to_a_plan(tmp_path) -> None:
+    """Trajectory shards -> per-frame features of a tiny encoder -> the AC predictor's losses and a CEM plan
+    (untrained weights: this checks the interfaces and shapes, not planning quality)."""
+    from data_pipelines.push_env import PushEnv
+    from data_pipelines.trajectories import TrajectoryReader, stack_clips, write_push_trajectories
+    from data_pipelines.transforms import normalize
+    from vjepa.models.builder import build_encoder
+    from vjepa.world.ac_objective import rollout_loss, teacher_forcing_loss
+    from vjepa.world.ac_predictor import encode_frames
+
+    summary = write_push_trajectories(tmp_path, episodes=2, steps=6, seed=0)
+    frames, states, actions = stack_clips(list(TrajectoryReader(summary["shards"], frames=4)))
+    clips = normalize(torch.from_numpy(frames).permute(0, 4, 1, 2, 3).contiguous())  # [B, 3, T, H, W]
+    torch.manual_seed(0)  # the modules' initial weights come from the global generator
+    encoder = build_encoder("vit_test", frames=2, crop=64, patch=16).eval()
+    features = encode_frames(encoder, clips)  # [B, T, 16, 48]
+    assert features.shape == (2, 4, 16, 48)
+    model = ACPredictor(feature_dim=48, action_dim=2, state_dim=2, grid=(4, 4), width=24, depth=1, heads=2)
+    agent = torch.from_numpy(states[..., 0:2])  # [B, T, 2]: the agent's position is the predictor's state
+    act = torch.from_numpy(actions)  # [B, T - 1, 2]
+    losses = [
+        teacher_forcing_loss(model, features, act, agent),
+        rollout_loss(model, features, act, agent, steps=2),
+    ]
+    assert all(bool(torch.isfinite(loss)) and loss.item() > 0 for loss in losses)
+    env = PushEnv()
+    energy = latent_energy(
+        model.eval(),
+        features=features[0, 0],
+        state=agent[0, 0],
+        goal=features[0, -1],
+        next_state=lambda s, a: s + a,
+    )
+    low, high = torch.from_numpy(env.action_low), torch.from_numpy(env.action_high)
+    plan = cem(
+        energy,
+        horizon=3,
+        action_dim=2,
+        low=low,
+        high=high,
+        generator=torch.Generator().manual_seed(0),
+        samples=16,
+        elites=4,
+        iterations=2,
+    )
+    assert plan.actions.shape == (3, 2) and bool((plan.actions.abs() <= env.params.max_speed + 1e-6).all())

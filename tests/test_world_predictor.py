@@ -113,9 +113,9 @@ def test_encode_frames_encodes_every_frame_on_its_own() -> None:
     torch.manual_seed(0)
     encoder = build_encoder("vit_test", frames=2, crop=32, patch=16).eval()
     g = torch.Generator().manual_seed(0)
-    frames = torch.randn(2, 3, 3, 32, 32, generator=g)  # [B, T, C, H, W]
-    features = encode_frames(encoder, frames)
+    clips = torch.randn(2, 3, 3, 32, 32, generator=g)  # [B, C, T, H, W]
+    features = encode_frames(encoder, clips)
     assert features.shape == (2, 3, 4, 48)
-    alone = encode_frames(encoder, frames[:, 1:2])  # the middle frame without its neighbours
+    alone = encode_frames(encoder, clips[:, :, 1:2])  # the middle frame without its neighbours
     torch.testing.assert_close(features[:, 1:2], alone)
     torch.testing.assert_close(features.mean(-1), torch.zeros(2, 3, 4), atol=1e-5, rtol=0)  # layer-normed

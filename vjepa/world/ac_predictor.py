@@ -156,17 +156,18 @@ class ACPredictor(nn.Module):
 
 
 @torch.no_grad()
-def encode_frames(encoder: nn.Module, frames: torch.Tensor) -> torch.Tensor:
-    """Frozen-encoder features of each frame on its own: frames [B, T, C, H, W] (normalised) -> [B, T, N, F].
+def encode_frames(encoder: nn.Module, clips: torch.Tensor) -> torch.Tensor:
+    """Frozen-encoder features of each frame on its own: clips [B, C, T, H, W] (normalised, the layout the
+    encoder and `data_pipelines.normalize` use) -> [B, T, N, F].
 
     Each frame is repeated to fill one tubelet, so the encoder sees a still clip of that frame alone; the output
     is layer-normed without affine (the target the predictor learns, as in pretraining).
     """
-    if frames.ndim != 5:
-        raise ValueError(f"frames must be [B, T, C, H, W], got {tuple(frames.shape)}")
-    b, t, c, h, w = frames.shape
+    if clips.ndim != 5:
+        raise ValueError(f"clips must be [B, C, T, H, W], got {tuple(clips.shape)}")
+    b, c, t, h, w = clips.shape
     tubelet = encoder.patch_embed.tubelet
-    stills = frames.reshape(b * t, c, 1, h, w).expand(-1, -1, tubelet, -1, -1)  # [B*T, C, tubelet, H, W]
-    tokens = encoder(stills)  # [B*T, N, F]
+    frames = clips.transpose(1, 2).reshape(b * t, c, 1, h, w)  # [B, C, T, H, W] -> [B*T, C, 1, H, W]
+    tokens = encoder(frames.expand(-1, -1, tubelet, -1, -1))  # [B*T, C, tubelet, H, W] -> [B*T, N, F]
     tokens = F.layer_norm(tokens, tokens.shape[-1:])
     return tokens.unflatten(0, (b, t))  # [B*T, N, F] -> [B, T, N, F]
