@@ -100,6 +100,29 @@ class PushEnv:
         """The current state [S] float32 (a copy)."""
         return self._state.astype(np.float32)
 
+    def set_state(self, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Moves the agent, object and distractor to `state` [S] (e.g. to render a goal frame); the floor and the
+        distractor's heading stay those of the last reset. Returns the new frame and state."""
+        if self._floor is None:
+            raise ValueError("call reset(seed) before set_state(state)")
+        state = np.asarray(state, dtype=np.float64)
+        if state.shape != (STATE_DIM,) or not np.isfinite(state).all():
+            raise ValueError(f"state must be a finite array of shape ({STATE_DIM},), got {state!r}")
+        p = self.params
+        for name, xy, radius in (
+            ("agent", state[0:2], p.agent_radius),
+            ("object", state[2:4], p.object_radius),
+            ("distractor", state[4:6], p.distractor_radius),
+        ):
+            if (xy < radius - 1e-9).any() or (xy > 1 - radius + 1e-9).any():
+                raise ValueError(
+                    f"state: the {name} at {xy.tolist()} does not fit in the arena (radius {radius})"
+                )
+        if np.linalg.norm(state[2:4] - state[0:2]) < p.agent_radius + p.object_radius - 1e-9:
+            raise ValueError(f"state: the agent and the object overlap at {state[0:4].tolist()}")
+        self._state = state.copy()
+        return self.render(), self.state
+
     def clip_action(self, action: np.ndarray) -> np.ndarray:
         """The action as the scene applies it: a finite [2] velocity, each axis clipped to the bounds."""
         action = np.asarray(action, dtype=np.float64)

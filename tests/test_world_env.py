@@ -15,8 +15,8 @@ from data_pipelines.trajectories import TrajectoryReader, push_episode, write_pu
 
 
 def _place(env: PushEnv, agent: tuple[float, float], obj: tuple[float, float]) -> None:
-    """Puts the agent and the object at given positions (tests only: the scene has no public setter)."""
-    env._state[0:2], env._state[2:4] = agent, obj
+    """Puts the agent and the object at given positions, the distractor where it is."""
+    env.set_state(np.concatenate([agent, obj, env.state[4:6]]))
 
 
 def test_same_seed_and_actions_give_identical_episodes() -> None:
@@ -182,3 +182,21 @@ def test_vjepa_synth_env_push_writes_train_and_val_trajectories(tmp_path: Path) 
         "ep00000002",
     ]  # val seeds follow
     assert all(c.frames.shape == (5, 64, 64, 3) and c.actions.shape == (4, 2) for c in clips)
+
+
+def test_the_distractor_ignores_the_actions_and_set_state_checks_its_input() -> None:
+    env = PushEnv()
+    rng = np.random.default_rng(0)
+    runs = []
+    for scale in (0.0, 1.0):
+        env.reset(2)
+        runs.append(np.stack([env.step(scale * rng.uniform(-0.05, 0.05, 2))[1] for _ in range(20)]))
+    np.testing.assert_array_equal(runs[0][:, 4:6], runs[1][:, 4:6])
+    assert not np.array_equal(runs[0][:, 0:2], runs[1][:, 0:2])
+    frame, state = env.set_state(np.array([0.2, 0.2, 0.7, 0.7, 0.5, 0.2]))
+    np.testing.assert_allclose(state, [0.2, 0.2, 0.7, 0.7, 0.5, 0.2], rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(frame, env.render())
+    with pytest.raises(ValueError, match="overlap"):
+        env.set_state(np.array([0.5, 0.5, 0.55, 0.5, 0.2, 0.2]))
+    with pytest.raises(ValueError, match="arena"):
+        env.set_state(np.array([0.01, 0.5, 0.7, 0.7, 0.2, 0.2]))
