@@ -7,7 +7,8 @@ dims, S state dims, N patch tokens, F feature width.
 The energy is called once per CEM iteration with all P candidates ([P, L, A] -> [P]), so a predictor-backed
 energy runs one batched rollout per iteration. Candidates are drawn from a per-step Gaussian and clipped to the
 action bounds; the mean and standard deviation then move to the elites' (optionally smoothed by `momentum`,
-the weight kept on the previous value).
+the weight kept on the previous value). Candidates are drawn on the CPU from the given `torch.Generator` (a few
+kilobytes per iteration); a predictor-backed energy moves them to its own device.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def cem(
         if values.shape != (samples,):
             raise ValueError(f"energy must return [P] = [{samples}] values, got {tuple(values.shape)}")
         values = values.detach().float().cpu()
-        order = values.argsort()[:elites]  # [E]
+        order = values.argsort(stable=True)[:elites]  # [E]; NaN energies sort last
         elite = candidates[order]  # [E, L, A]
         if float(values[order[0]]) < best_energy:
             best_energy, best_actions = float(values[order[0]]), elite[0].clone()
