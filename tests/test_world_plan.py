@@ -163,3 +163,15 @@ def test_the_pieces_fit_from_push_frames_to_a_plan(tmp_path) -> None:
         iterations=2,
     )
     assert plan.actions.shape == (3, 2) and bool((plan.actions.abs() <= env.params.max_speed + 1e-6).all())
+
+
+def test_cem_never_picks_candidates_with_nan_energy() -> None:
+    quadratic = _quadratic(TARGET)
+
+    def energy(actions: torch.Tensor) -> torch.Tensor:  # NaN wherever the first action's x is positive
+        values = quadratic(actions)
+        return torch.where(actions[:, 0, 0] > 0, torch.full_like(values, float("nan")), values)
+
+    result = _cem(energy)
+    assert float(result.best_actions[0, 0]) <= 0 and all(e == e for e in result.energies)
+    assert float(result.actions[0, 0]) <= 0.0
