@@ -13,6 +13,7 @@ restored here, next to the layout it is written in. No other module spells a che
         deepspeed/                 DeepSpeed ZeRO: its own sharded files (the "tag" folder)
         target.pt                  DeepSpeed stages 0-2: the replicated EMA target
         target_rank{r}.pt          DeepSpeed ZeRO-3: rank r's fp32 shard of the EMA target
+        ac_model.pt                `vjepa train-ac`: the action-conditioned predictor, its optimizer and shapes
 
 A step folder is written as `step_XXXXXXXX.tmp/` and renamed when complete, so a crash during a save never
 leaves a damaged folder that looks complete, and `latest` never points at one.
@@ -47,6 +48,7 @@ MODEL_FILE = "model.pt"
 DEEPSPEED_TAG = "deepspeed"
 TARGET_FILE = "target.pt"
 TARGET_SHARD_FILE = "target_rank{rank}.pt"
+AC_MODEL_FILE = "ac_model.pt"
 LOW_DISK_BYTES = 4 << 20  # a save that fails with less free space than this failed for want of space
 
 
