@@ -120,7 +120,7 @@ class ACTrainSettings:
     checkpoint_every: int = 100  # steps between checkpoints (the last step always saves)
     keep_last: int = 2
     log_every: int = 1  # steps between log.jsonl records
-    progress: Literal["auto", "on", "off"] = "auto"  # auto: a live line on a terminal
+    progress: bool | None = None  # a live one-line progress; None: only on a terminal
     encode_batch: int = 64  # frames per encoder call while caching the features
 
     def validate(self, prefix: str = "train") -> None:

@@ -198,18 +198,20 @@ def _record(step: int, scalars: dict[str, float]) -> str:
     return json.dumps({"step": step, **clean})
 
 
-def loop(run: ACRun, start: int) -> dict[str, Any]:
+def loop(run: ACRun, start: int, *, until: int | None = None) -> dict[str, Any]:
+    """Steps `start` .. optim.steps - 1 (or only up to `until`, saving there: a run stopped early)."""
     cfg, steps = run.cfg, run.cfg.optim.steps
-    mode = cfg.train.progress
+    end = steps if until is None else min(until, steps)
+    shown = cfg.train.progress
     first = last = None
     skipped = 0
     with (
         (run.folder.root / LOG_FILE).open("a") as log_file,
         Progress(
-            steps - start, label="train-ac", unit="steps", enabled=mode != "off", force=mode == "on"
+            end - start, label="train-ac", unit="steps", enabled=shown is not False, force=shown is True
         ) as bar,
     ):
-        for step in range(start, steps):
+        for step in range(start, end):
             t0 = time.perf_counter()
             scalars = train_step(run, step)
             scalars["clips_per_s"] = cfg.optim.batch / max(time.perf_counter() - t0, 1e-9)
@@ -221,12 +223,12 @@ def loop(run: ACRun, start: int) -> dict[str, Any]:
                 log_file.flush()
             bar.update(1, loss=scalars["loss"], tf=scalars["loss_tf"], rollout=scalars["loss_rollout"])
             done = step + 1
-            if done % cfg.train.checkpoint_every == 0 or done == steps:
+            if done % cfg.train.checkpoint_every == 0 or done in (steps, end):
                 run.save(done)
     return {
         "start_step": start,
         "steps": steps,
-        "steps_run": steps - start,
+        "steps_run": end - start,
         "skipped_steps": skipped,
         "first_loss": first,
         "last_loss": last,
