@@ -6,7 +6,7 @@ the untrained predictor (the trained one's initial weights). Success: the final 
 `tolerance` of the goal's; reported with the binomial standard error.
 
 The planner's state is the agent's (x, y) (or the whole scene state, if the predictor was trained on it),
-integrated as s + a over the plan (walls and pushes ignored). The scene is built with the default
+integrated as s + a over the plan, stopped at the walls (pushes ignored). The scene is built with the default
 `PushEnvParams` at the run's `data.crop`: the settings `vjepa synth --env push` writes.
 
 Shape legend: N patch tokens, F feature width, A = 2 action dims, S state dims, P candidates, L horizon,
@@ -77,9 +77,16 @@ class Planner:
     """Encodes frames with the frozen encoder and plans with CEM over one predictor's latent energy."""
 
     def __init__(
-        self, encoder: nn.Module, settings: PlanSettings, *, state_input: str, device: torch.device
+        self,
+        encoder: nn.Module,
+        settings: PlanSettings,
+        *,
+        state_input: str,
+        device: torch.device,
+        arena: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         self.encoder, self.settings, self.state_input, self.device = encoder, settings, state_input, device
+        self.arena = arena  # where the agent's centre can be: [agent_radius, 1 - agent_radius]
 
     def features(self, frame: np.ndarray) -> torch.Tensor:
         """One frame [H, W, 3] uint8 -> its features [N, F]."""
@@ -92,7 +99,10 @@ class Planner:
         """The energy of action sequences [P, L, A] -> [P] from this frame towards the goal features [N, F]."""
 
         def next_state(states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:  # [P, S], [P, A]
-            return torch.cat([states[:, :2] + actions, states[:, 2:]], dim=1)
+            agent = (states[:, :2] + actions).clamp(
+                *self.arena
+            )  # the agent stops at the walls, as in PushEnv
+            return torch.cat([agent, states[:, 2:]], dim=1)
 
         return latent_energy(
             predictor,

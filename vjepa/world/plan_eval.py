@@ -49,7 +49,9 @@ def _load(s: PlanSettings, device: torch.device) -> tuple[ACCheckpoint, Planner,
     want = {k: ckpt.shapes[k] for k in got}
     if got != want:
         raise ValueError(f"--encoder: its features {got} do not fit the predictor's {want} ({ckpt.folder})")
-    return ckpt, Planner(encoder, s, state_input=cfg.data.state, device=device), info
+    radius = push_env(cfg.data.crop).params.agent_radius
+    planner = Planner(encoder, s, state_input=cfg.data.state, device=device, arena=(radius, 1 - radius))
+    return ckpt, planner, info
 
 
 def _margin(a: dict, b: dict) -> dict:
