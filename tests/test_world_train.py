@@ -147,3 +147,23 @@ def test_training_lowers_the_loss_and_the_checkpoint_rebuilds_the_untrained_star
     fresh_again = read_ac_checkpoint(out).predictor(trained=False)
     assert not torch.equal(trained.proj.weight, fresh.proj.weight)
     torch.testing.assert_close(fresh.proj.weight, fresh_again.proj.weight, rtol=0, atol=0)
+
+
+def test_a_residual_predictor_starts_near_copying_its_input(world) -> None:
+    from vjepa.world.ac_checkpoint import build_ac_predictor
+    from vjepa.world.ac_objective import teacher_forcing_loss
+    from vjepa.world.features import encode_bank, load_frozen_encoder
+
+    cfg = load_ac_config(None, ac_overrides(world, world["root"] / "unused"))
+    encoder, _ = load_frozen_encoder(cfg.encoder, crop=32, device=torch.device("cpu"))
+    bank = encode_bank(encoder, cfg.data.shards(), cfg.data, seed=0, device=torch.device("cpu"))
+    shapes = {"feature_dim": 48, "action_dim": 2, "state_dim": 2, "grid": [2, 2]}
+    f, a, s = bank.features, bank.actions, bank.states
+    copy = float((f[:, :-1] - f[:, 1:]).abs().mean())
+    losses = {}
+    for residual in (False, True):
+        cfg.predictor.residual = residual
+        model = build_ac_predictor(cfg.predictor, shapes, seed=0)
+        with torch.no_grad():
+            losses[residual] = float(teacher_forcing_loss(model, f, a, s))
+    assert losses[True] < 2 * copy < losses[False], (losses, copy)  # ~copy + init noise vs ~unrelated

@@ -44,6 +44,7 @@ def build_ac_predictor(
             depth=settings.depth,
             heads=settings.heads,
             mlp_ratio=settings.mlp_ratio,
+            residual=settings.residual,
         )
     return predictor.to(device)
 

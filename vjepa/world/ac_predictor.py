@@ -64,7 +64,8 @@ class _CausalBlock(nn.Module):
 
 class ACPredictor(nn.Module):
     """forward(features [B, T, N, F], actions [B, T, A], states [B, T, S]) -> predicted features of steps
-    1..T [B, T, N, F] (output t predicts step t + 1)."""
+    1..T [B, T, N, F] (output t predicts step t + 1). With `residual`, output t is step t's features plus the
+    predicted change."""
 
     def __init__(
         self,
@@ -77,6 +78,7 @@ class ACPredictor(nn.Module):
         depth: int = 6,
         heads: int = 6,
         mlp_ratio: float = 4.0,
+        residual: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -96,6 +98,9 @@ class ACPredictor(nn.Module):
             )
         self.grid, self.feature_dim = (int(grid[0]), int(grid[1])), feature_dim
         self.action_dim, self.state_dim = action_dim, state_dim
+        self.residual = (
+            residual  # predict the change from step t's features (copying is where training starts)
+        )
         self.feature_embed = nn.Linear(feature_dim, width, device=device, dtype=dtype)
         self.action_embed = nn.Linear(action_dim, width, device=device, dtype=dtype)
         self.state_embed = nn.Linear(state_dim, width, device=device, dtype=dtype)
@@ -152,7 +157,8 @@ class ACPredictor(nn.Module):
         for block in self.blocks:
             x = block(x, coords, mask)
         x = x.unflatten(1, (t, m))[:, :, 2:]  # [B, K, D] -> [B, T, M, D] -> patch tokens [B, T, N, D]
-        return self.proj(self.norm(x))  # [B, T, N, F]
+        out = self.proj(self.norm(x))  # [B, T, N, F]
+        return features + out if self.residual else out
 
 
 @torch.no_grad()

@@ -69,6 +69,7 @@ class ACPredictorSettings:
     depth: int = 2
     heads: int = 4
     mlp_ratio: float = 4.0
+    residual: bool = False  # predict the change from the current features (output = input + prediction)
 
     def validate(self, prefix: str = "predictor") -> None:
         for key in ("width", "depth", "heads"):
