@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from vjepa.layers.attention import Attention
+from vjepa.layers.varlen import VarlenLayout
 
 
 class Mlp(nn.Module):
@@ -41,7 +42,12 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, mlp_hidden, device=device, dtype=dtype)
 
     def forward(
-        self, x: torch.Tensor, key_valid: torch.Tensor | None = None, coords: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        key_valid: torch.Tensor | None = None,
+        coords: torch.Tensor | None = None,
+        layout: VarlenLayout | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), key_valid=key_valid, coords=coords)
+        """x [B, K, D] (padded, `key_valid` [B, K]) or packed [T, D] with `layout`."""
+        x = x + self.attn(self.norm1(x), key_valid=key_valid, coords=coords, layout=layout)
         return x + self.mlp(self.norm2(x))
