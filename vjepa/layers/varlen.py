@@ -2,9 +2,11 @@
 [T, ...] tensor (T = sum of the lengths, no padding rows), each attending only to itself.
 
 Kernels, chosen by `varlen_kernel(device, backend)`:
-  "slices"   per-sequence SDPA over the slices of the packed tensor (CPU; measured fastest there, see
-             `benchmarks/varlen.py`: a block-diagonal mask computes all T^2 scores, and nested tensors fall
-             back to the math kernel on CPU).
+  "slices"   SDPA over slices of the packed tensor, one batched call per run of consecutive sequences of
+             equal length (a view, no copy). CPU default: measured fastest there (`benchmarks/varlen.py`: a
+             block-diagonal mask computes all T^2 scores, nested tensors run slower kernels on CPU, and one
+             call for a run of equal lengths beats a call per sequence; the predictor's sequences often
+             have equal lengths, context + target covering the whole clip).
   "mask"     one SDPA call with a block-diagonal boolean mask [T, T] (kept as the CPU reference).
   "nested"   SDPA on jagged nested tensors (CUDA with backend sdpa: flash / memory-efficient kernels).
   "xformers" xformers' memory_efficient_attention with a BlockDiagonalMask (CUDA with backend xformers).
@@ -43,13 +45,16 @@ class VarlenLayout:
     def total(self) -> int:
         return sum(self.lengths)
 
-    @property
-    def bounds(self) -> list[tuple[int, int]]:
-        """(start, end) row range of every non-empty sequence."""
-        out, start = [], 0
+    def runs(self) -> list[tuple[int, int, int]]:
+        """(first row, sequences, length) of every run of consecutive non-empty sequences of equal length."""
+        out: list[tuple[int, int, int]] = []
+        start = 0
         for n in self.lengths:
-            if n:
-                out.append((start, start + n))
+            if n and out and out[-1][2] == n:
+                first, count, _ = out[-1]
+                out[-1] = (first, count + 1, n)
+            elif n:
+                out.append((start, 1, n))
             start += n
         return out
 
@@ -88,9 +93,12 @@ def varlen_kernel(layout: VarlenLayout, device: torch.device, backend: str) -> s
 
 def _slices(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: VarlenLayout) -> torch.Tensor:
     parts = []
-    for start, end in layout.bounds:
-        qs, ks, vs = (t[start:end].transpose(0, 1) for t in (q, k, v))  # [H, L, hd]
-        parts.append(F.scaled_dot_product_attention(qs, ks, vs).transpose(0, 1))  # [L, H, hd]
+    _, h, hd = q.shape
+    for start, count, n in layout.runs():
+        rows = slice(start, start + count * n)
+        qs, ks, vs = (t[rows].view(count, n, h, hd).transpose(1, 2) for t in (q, k, v))  # [G, H, L, hd]
+        out = F.scaled_dot_product_attention(qs, ks, vs)  # [G, H, L, hd]
+        parts.append(out.transpose(1, 2).reshape(count * n, h, hd))  # [G*L, H, hd]
     if not parts:
         return q.new_zeros(q.shape)
     return torch.cat(parts, dim=0)  # [T, H, hd]
