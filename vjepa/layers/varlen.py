@@ -134,6 +134,9 @@ def _xformers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: VarlenL
 _KERNEL_FNS = {"slices": _slices, "mask": _block_mask, "nested": _nested, "xformers": _xformers}
 
 
+# Outside torch.compile graphs: the kernels loop over Python sequence lengths, which change every batch; a
+# compiled block breaks its graph here instead of recompiling for each new set of lengths.
+@torch.compiler.disable
 def attend_varlen(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: VarlenLayout, *, backend: str = "sdpa"
 ) -> torch.Tensor:
