@@ -124,3 +124,29 @@ def test_interleave_puts_each_sequence_context_then_target() -> None:
     assert target_rows.tolist() == [2, 3, 4, 5, 9]
     with pytest.raises(ValueError, match="sequences"):
         PackedMasks(ctx, PackedIndex.cat([tgt, tgt]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kernel", ["nested", "xformers"])
+def test_cuda_kernels_equal_per_sequence_attention(kernel: str) -> None:
+    if kernel == "xformers":
+        pytest.importorskip("xformers")
+    lengths = (70, 33, 1, 33, 128)
+    gen = torch.Generator().manual_seed(0)
+    qkv = [
+        torch.randn(sum(lengths), 4, 64, generator=gen).to("cuda", torch.bfloat16).requires_grad_(True)
+        for _ in range(3)
+    ]
+    cuda = torch.device("cuda")
+    assert (
+        varlen_kernel(
+            VarlenLayout(lengths, device=cuda), cuda, "xformers" if kernel == "xformers" else "sdpa"
+        )
+        == kernel
+    )
+    got = attend_varlen(*qkv, VarlenLayout(lengths, device=cuda, kernel=kernel))
+    want = _manual(*(t.float() for t in qkv), lengths)
+    torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=2e-2)
+    got.float().sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in qkv)

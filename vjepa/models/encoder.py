@@ -33,9 +33,9 @@ def run_blocks(
     """x [B, N, D] dense (layout None) or packed [T, D] with its layout."""
     for block in blocks:
         if grad_ckpt and torch.is_grad_enabled():
-            x = checkpoint(block, x, None, coords, layout, use_reentrant=False)
+            x = checkpoint(block, x, coords, layout, use_reentrant=False)
         else:
-            x = block(x, None, coords, layout)
+            x = block(x, coords, layout)
     return x
 
 
