@@ -81,3 +81,13 @@ def test_bench_step_prints_one_json_line(capsys):
     assert len(row["context_tokens_per_batch"]) == 2  # one entry per default mask configuration
     assert row["padding_fraction"] == 0.0 and 0.0 <= row["padded_layout_padding_fraction"] < 1.0
     assert row["dense_tflops"] > 0 and row["dense_flop"] > 0 and row["efficiency"] > 0
+
+
+def test_step_pair_runs_two_checkouts_in_turn(capsys):
+    root = str(Path(__file__).resolve().parents[1])
+    argv = ["--before", root, "--after", root, "--model", "vit_test", "--frames", "4", "--crop", "32"]
+    argv += ["--batch", "2", "--rounds", "2", "--warmup", "0", "--json"]
+    runpy.run_path(str(Path(root) / "benchmarks" / "step_pair.py"), run_name="pair")["main"](argv)
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["before_ms"] > 0 and row["after_ms"] > 0 and len(row["round_speedups"]) == 2
+    assert row["speedup"] == pytest.approx(row["before_ms"] / row["after_ms"], rel=1e-2)
