@@ -28,8 +28,11 @@ from vjepa.config import (
 from vjepa.yaml_reader import _YamlLoader
 
 ROOT = Path(__file__).resolve().parents[1]
+# Training configs; configs/eval/ holds evaluation configs, another schema (tests/test_eval_config.py).
 CONFIG_FILES = sorted(
-    {*ROOT.glob("configs/*.yaml"), *ROOT.glob("configs/**/*.yaml"), *ROOT.glob("configs/**/*.yml")}
+    p
+    for p in {*ROOT.glob("configs/*.yaml"), *ROOT.glob("configs/**/*.yaml"), *ROOT.glob("configs/**/*.yml")}
+    if "eval" not in p.relative_to(ROOT / "configs").parts[:-1]
 )
 
 

@@ -368,6 +368,9 @@ def test_an_elastic_group_whose_store_port_is_taken_names_the_port(monkeypatch) 
     from vjepa.distributed.process_group import start_process_group
 
     port = free_port(span=2)
+    for key in LAUNCH_VARS:  # start_process_group exports RANK, WORLD_SIZE, ...: undone at teardown
+        monkeypatch.setenv(key, "placeholder")
+        monkeypatch.delenv(key)
     monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
     monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "2")
     env = DistEnv(rank=0, world_size=2, master_addr="127.0.0.1", master_port=port, source="torchrun")
