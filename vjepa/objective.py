@@ -91,17 +91,17 @@ def jepa_loss(
     pred_rows, target_rows = pred.detach(), target_h
     pred_std = target_std = 0.0
     predictions = []
-    start = 0
+    start, b = 0, clips.shape[0]
     with torch.no_grad():
-        for m in masks:
-            rows = slice(start, start + int(m.target_valid.sum()))
+        for k, m in enumerate(masks):  # configuration k: sequences k*B ... k*B + B - 1, contiguous rows
+            rows = slice(start, start + sum(target.layout.lengths[k * b : (k + 1) * b]))
             start = rows.stop
             pred_std += packed_token_std(pred_rows[rows]) / groups
             target_std += packed_token_std(target_rows[rows]) / groups
             predictions.append(unpack(pred_rows[rows], m.target_valid, m.batch_size))
     return JepaOutput(
         loss=losses.mean(),
-        loss_per_mask=[float(x) for x in losses.detach()],
+        loss_per_mask=losses.detach().tolist(),
         target_std=target_std,
         pred_std=pred_std,
         predictions=predictions,
