@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_pipelines.batch import MaskBatch
 from vjepa.cli import main
+from vjepa.models import build_encoder, build_predictor
+from vjepa.train.flops import step_flops
 
 STEP = runpy.run_path(
     str(Path(__file__).resolve().parents[1] / "benchmarks" / "step.py"), run_name="step_bench"
@@ -20,6 +23,40 @@ def test_vit_large_forward_flops_match_the_published_figure():
     # REFERENCE.md: ViT-L/16 at 16x224 (1568 tokens) costs ~1.19 TFLOP forward per clip.
     flops = STEP["block_flops"](torch.tensor([1568]), 1024, 4096, 24)
     assert flops / 1e12 == pytest.approx(1.19, rel=0.01)
+
+
+def test_step_flops_match_a_hand_count_on_a_tiny_model():
+    # vit_test (width 48, depth 2, MLP 192, patch 16, tubelet 2) and a 32-wide, 1-block predictor (MLP 128).
+    enc = build_encoder("vit_test", frames=4, crop=32, device="meta")  # 2 x 2 x 2 = 8 grid tokens
+    pred = build_predictor(embed_dim=48, frames=4, crop=32, width=32, depth=1, heads=2, device="meta")
+    flops = step_flops(
+        enc,
+        pred,
+        batch=1,
+        grid_tokens=8,
+        context_lengths=torch.tensor([2, 3]),  # two sequences: one clip under two mask configurations
+        target_lengths=torch.tensor([4, 1]),
+    )
+    enc_token = 2 * (4 * 48 * 48 + 2 * 48 * 192)  # qkv, proj, fc1, fc2 per token and block
+    embed = 2 * 8 * (3 * 2 * 16 * 16) * 48  # the tubelet embedding of the 8 grid tokens
+    target = embed + 2 * (8 * enc_token + 4 * 8 * 8 * 48)
+    encoder = embed + 2 * ((2 + 3) * enc_token + 4 * (2 * 2 + 3 * 3) * 48)
+    pred_token = 2 * (4 * 32 * 32 + 2 * 32 * 128)
+    predictor = 2 * 48 * 32 * (5 + 5) + (6 + 4) * pred_token + 4 * (6 * 6 + 4 * 4) * 32
+    assert (flops.target_forward, flops.encoder_forward, flops.predictor_forward) == (
+        target,
+        encoder,
+        predictor,
+    )
+    assert flops.total == target + 3 * (encoder + predictor) == 8_151_168
+
+
+def test_padded_layout_rows_count_the_padding_of_the_batch_maximum():
+    m = MaskBatch.from_lists(
+        [torch.tensor([0, 1]), torch.tensor([2, 3, 4])], [torch.tensor([5, 6, 7, 8]), torch.tensor([9])]
+    )
+    # Kc = 3, Kt = 4 for B = 2: encoder 2 x 3 rows, predictor 2 x (3 + 4); real: 5 context, 5 target.
+    assert STEP["padded_layout_rows"]([m, m]) == (2 * (2 * 3 + 2 * 7), 2 * (2 * 5 + 5))
 
 
 def test_bench_step_prints_one_json_line(capsys):
@@ -42,3 +79,15 @@ def test_bench_step_prints_one_json_line(capsys):
     assert row["tokens_per_clip"] == 2 * 2 * 2 and row["batch"] == 2
     assert row["ms_per_step"] > 0 and row["flop_per_step"] > 0 and row["mfu"] is None  # no GPU peak on CPU
     assert len(row["context_tokens_per_batch"]) == 2  # one entry per default mask configuration
+    assert row["padding_fraction"] == 0.0 and 0.0 <= row["padded_layout_padding_fraction"] < 1.0
+    assert row["dense_tflops"] > 0 and row["dense_flop"] > 0 and row["efficiency"] > 0
+
+
+def test_step_pair_runs_two_checkouts_in_turn(capsys):
+    root = str(Path(__file__).resolve().parents[1])
+    argv = ["--before", root, "--after", root, "--model", "vit_test", "--frames", "4", "--crop", "32"]
+    argv += ["--batch", "2", "--rounds", "2", "--warmup", "0", "--json"]
+    runpy.run_path(str(Path(root) / "benchmarks" / "step_pair.py"), run_name="pair")["main"](argv)
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["before_ms"] > 0 and row["after_ms"] > 0 and len(row["round_speedups"]) == 2
+    assert row["speedup"] == pytest.approx(row["before_ms"] / row["after_ms"], rel=1e-2)

@@ -91,6 +91,28 @@ def test_gradients_reach_encoder_and_predictor_only() -> None:
     assert all(p.grad is None for p in target.parameters())
 
 
+def test_one_pass_for_every_mask_configuration_with_no_padding_rows() -> None:
+    enc, pred, target = _models()
+    clips, masks = _clips(), _masks(seed=2)
+    targets = target_features(target, clips)
+    seen: dict[str, list] = {"patch": [], "encoder": [], "predictor": []}
+
+    def record(name: str):
+        return lambda module, inputs: seen[name].append(tuple(inputs[0].shape))
+
+    enc.patch_embed.register_forward_pre_hook(record("patch"))
+    enc.blocks[0].register_forward_pre_hook(record("encoder"))
+    pred.predictor_blocks[0].register_forward_pre_hook(record("predictor"))
+    jepa_loss(enc, pred, targets, clips, masks)
+    context = sum(int(m.context_valid.sum()) for m in masks)  # 6 + 9 + 3 + 2
+    target_rows = sum(int(m.target_valid.sum()) for m in masks)  # 8 + 5 + 12 + 15
+    assert seen["patch"] == [
+        (2, 3, FRAMES, CROP, CROP)
+    ]  # the clips are embedded once for both configurations
+    assert seen["encoder"] == [(context, 48)]  # one packed pass: real rows only
+    assert seen["predictor"] == [(context + target_rows, 32)]
+
+
 def test_loss_needs_a_mask_configuration() -> None:
     enc, pred, target = _models()
     clips = _clips()

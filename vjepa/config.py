@@ -41,6 +41,7 @@ RopeLayout = Literal["half", "vjepa2"]
 Attention = Literal["sdpa", "xformers"]  # xformers: CUDA only
 Schedule = Literal["vjepa1", "vjepa2"]  # vjepa1: warmup + cosine; vjepa2: warmup + constant [+ cooldown]
 Precision = Literal["bf16", "fp32"]  # bf16: autocast with fp32 weights
+CompileBackend = Literal["inductor", "aot_eager", "eager"]  # torch.compile backends (eager: Dynamo only)
 Backend = Literal["single", "ddp", "deepspeed"]
 ZeroStage = Literal[0, 1, 2, 3]
 
@@ -57,6 +58,10 @@ class ModelConfig:
     pred_width: int = 384
     pred_depth: int = 12
     pred_heads: int = 16
+    # torch.compile of encoder, target and predictor (dynamic shapes: packed lengths change every batch;
+    # the variable-length attention stays outside the graphs)
+    compile: bool = False
+    compile_backend: CompileBackend = "inductor"
 
     def validate(self, prefix: str = "model") -> None:
         from vjepa.models.registry import MODEL_SIZES
@@ -346,6 +351,11 @@ class Config:
             self.optim.cooldown_steps <= t.steps,
             "optim.cooldown_steps",
             f"{self.optim.cooldown_steps} is more than train.steps={t.steps}",
+        )
+        check(
+            not (m.compile and self.dist.backend == "deepspeed"),
+            "model.compile",
+            "is not supported with dist.backend=deepspeed (use single or ddp)",
         )
         if m.attention == "xformers":  # fail before any work where it cannot run (no CPU kernels)
             from vjepa.layers.attention import check_backend

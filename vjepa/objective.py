@@ -1,10 +1,16 @@
 """The JEPA objective: predict, from the context tokens, the layer-normed EMA-target features of the
 hidden tokens; L1 distance, averaged over mask configurations.
 
+One pass for every mask configuration: the context sets of all (configuration, sample) pairs are packed
+into one [Tc, D] sequence batch for the encoder (the patch embedding of a clip computed once), and the
+predictor runs once over all of them; each target row carries its configuration's mask token, and the loss is
+reduced per configuration.
+
 `JepaModel` holds the trained pair (context encoder + predictor) in one module so that parallel wrappers
 (DDP, DeepSpeed) see a single model whose forward is this whole objective.
 
-Shape legend: B batch, N grid tokens, Kc/Kt context/target tokens per sample (padded), D encoder width.
+Shape legend: B batch, N grid tokens, Kc/Kt context/target tokens per sample (padded), Tc/Tt packed context/
+target rows of all configurations, M mask configurations, D encoder width.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from data_pipelines import MaskBatch
-from vjepa.models.tokens import gather_tokens
+from vjepa.models.packing import PackedIndex, PackedMasks, unpack
 
 
 @dataclass
@@ -25,14 +31,30 @@ class JepaOutput:
     loss_per_mask: list[float]
     target_std: float  # std of the target features across tokens (collapse monitor)
     pred_std: float  # std of the predictions across tokens
-    predictions: list[torch.Tensor]  # per mask configuration, detached [B, Kt, D] (padding rows are junk)
+    predictions: list[torch.Tensor]  # per mask configuration, detached [B, Kt, D] (zeros on padding rows)
     prediction_valid: list[torch.Tensor]  # per mask configuration [B, Kt] bool
 
 
 def masked_token_std(x: torch.Tensor, valid: torch.Tensor) -> float:
     """Mean over channels of the std across the real tokens of x [B, K, D]."""
-    tokens = x[valid].float()  # [M, D]
-    return float(tokens.std(dim=0).mean()) if tokens.shape[0] > 1 else 0.0
+    return packed_token_std(x[valid])
+
+
+def packed_token_std(tokens: torch.Tensor) -> float:
+    """Mean over channels of the std across the rows of tokens [T, D]."""
+    return float(tokens.float().std(dim=0).mean()) if tokens.shape[0] > 1 else 0.0
+
+
+def pack_masks(masks: list[MaskBatch]) -> PackedMasks:
+    """(context, target) sets of every configuration k and sample i packed, sequence k*B + i; rows of
+    configuration k carry group k."""
+    context = PackedIndex.cat(
+        [PackedIndex.from_padded(m.context_idx, m.context_valid, k) for k, m in enumerate(masks)]
+    )
+    target = PackedIndex.cat(
+        [PackedIndex.from_padded(m.target_idx, m.target_valid, k) for k, m in enumerate(masks)]
+    )
+    return PackedMasks(context, target)
 
 
 @torch.no_grad()
@@ -53,33 +75,36 @@ def jepa_loss(
     mask configuration (its position selects the predictor's mask token)."""
     if not masks:
         raise ValueError("jepa_loss needs at least one mask configuration")
-    h = targets  # [B, N, D]
-    losses, preds, pred_std, target_std = [], [], 0.0, 0.0
-    for k, m in enumerate(masks):
-        z = encoder(clips, m.context_idx, m.context_valid)  # [B, Kc, D]
-        pred = predictor(
-            z,
-            context_idx=m.context_idx,
-            context_valid=m.context_valid,
-            target_idx=m.target_idx,
-            target_valid=m.target_valid,
-            mask_index=k,
-        )  # [B, Kt, D]
-        target = gather_tokens(h, m.target_idx)  # [B, Kt, D]
-        err = (pred.float() - target.float()).abs().mean(dim=-1)  # [B, Kt]
-        weight = m.target_valid.to(err.dtype)
-        losses.append((err * weight).sum() / weight.sum().clamp_min(1.0))
-        preds.append(pred.detach())
-        with torch.no_grad():
-            pred_std += masked_token_std(pred.detach(), m.target_valid) / len(masks)
-            target_std += masked_token_std(target, m.target_valid) / len(masks)
-    loss = torch.stack(losses).mean()
+    if len(masks) > len(predictor.mask_tokens):
+        raise ValueError(f"{len(masks)} mask configurations for {len(predictor.mask_tokens)} mask tokens")
+    packed = pack_masks(masks)
+    target = packed.target
+    # Through __call__ (not a helper method): ZeRO-3 gathers a module's parameters in its forward hooks.
+    z = encoder(clips, packed=packed.context)  # [Tc, D], every configuration at once
+    pred = predictor(z, packed=packed)  # [Tt, D]
+    target_h = target.gather(targets)  # [Tt, D]
+    err = (pred.float() - target_h.float()).abs().mean(dim=-1)  # [Tt]
+    groups = len(masks)
+    sums = err.new_zeros(groups).index_add(0, target.group, err)  # [M]
+    counts = torch.bincount(target.group, minlength=groups).to(err.dtype)  # [M]
+    losses = sums / counts.clamp_min(1.0)  # [M]: token-weighted mean within each configuration
+    pred_rows, target_rows = pred.detach(), target_h
+    pred_std = target_std = 0.0
+    predictions = []
+    start, b = 0, clips.shape[0]
+    with torch.no_grad():
+        for k, m in enumerate(masks):  # configuration k: sequences k*B ... k*B + B - 1, contiguous rows
+            rows = slice(start, start + sum(target.layout.lengths[k * b : (k + 1) * b]))
+            start = rows.stop
+            pred_std += packed_token_std(pred_rows[rows]) / groups
+            target_std += packed_token_std(target_rows[rows]) / groups
+            predictions.append(unpack(pred_rows[rows], m.target_valid, m.batch_size))
     return JepaOutput(
-        loss=loss,
-        loss_per_mask=[float(x.detach()) for x in losses],
+        loss=losses.mean(),
+        loss_per_mask=losses.detach().tolist(),
         target_std=target_std,
         pred_std=pred_std,
-        predictions=preds,
+        predictions=predictions,
         prediction_valid=[m.target_valid for m in masks],
     )
 

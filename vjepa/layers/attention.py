@@ -1,8 +1,10 @@
 """Multi-head self-attention with one dispatch point: PyTorch SDPA (default, CPU and GPU) or xformers
 memory-efficient attention (CUDA only, selected with `model.attention=xformers`).
 
-Shape legend: B batch, K tokens, D width, H heads, hd head dim. `key_valid` [B, K] marks real tokens in
-padded variable-length batches; padded keys are never attended to.
+Shape legend: B batch, K tokens, D width, H heads, hd head dim, T packed tokens. Two layouts: padded
+[B, K, D] with `key_valid` [B, K] marking real tokens (padded keys are never attended to), and packed
+[T, D] with a `VarlenLayout` (variable-length sequences end to end, see varlen.py), which the training step
+uses.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vjepa.layers.pos_embed import Rope3D
+from vjepa.layers.varlen import VarlenLayout, attend_varlen
 
 BACKENDS = ("sdpa", "xformers")
 
@@ -41,11 +44,8 @@ def _xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_v
         return xops.memory_efficient_attention(q, k, v).transpose(1, 2)
     # Pack the real tokens of every sample into one sequence with a block-diagonal mask: no padding
     # is computed and no sample sees another's tokens.
-    lengths = key_valid.sum(dim=1).tolist()
-    bias = xops.fmha.BlockDiagonalMask.from_seqlens(lengths)
-    packed = xops.memory_efficient_attention(
-        q[key_valid][None], k[key_valid][None], v[key_valid][None], attn_bias=bias
-    )[0]  # [total, H, hd]
+    layout = VarlenLayout(tuple(key_valid.sum(dim=1).tolist()), device=q.device, kernel="xformers")
+    packed = attend_varlen(q[key_valid], k[key_valid], v[key_valid], layout)  # [T, H, hd]
     out = q.new_zeros(q.shape)
     out[key_valid] = packed
     return out.transpose(1, 2)
@@ -91,14 +91,35 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim, device=device, dtype=dtype)
 
     def forward(
-        self, x: torch.Tensor, *, key_valid: torch.Tensor | None = None, coords: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        *,
+        key_valid: torch.Tensor | None = None,
+        coords: torch.Tensor | None = None,
+        layout: VarlenLayout | None = None,
     ) -> torch.Tensor:
+        """x [B, K, D] (coords [B, K, 3]) or, with `layout`, packed x [T, D] (coords [T, 3])."""
+        if layout is not None:
+            return self._forward_packed(x, coords, layout)
         b, n, d = x.shape
         qkv = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, K, hd]
-        q, k, v = qkv.unbind(0)
-        if self.rope is not None:
-            if coords is None:
-                raise ValueError("RoPE attention needs token coordinates")
-            q, k = self.rope.apply(q, coords), self.rope.apply(k, coords)
+        q, k, v = self._rotate(*qkv.unbind(0), coords)
         out = attend(q, k, v, key_valid=key_valid, backend=self.backend)  # [B, H, K, hd]
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+    def _forward_packed(
+        self, x: torch.Tensor, coords: torch.Tensor | None, layout: VarlenLayout
+    ) -> torch.Tensor:
+        t, d = x.shape
+        qkv = self.qkv(x).view(t, 3, self.heads, self.head_dim)  # [T, 3, H, hd]
+        q, k, v = self._rotate(*qkv.unbind(1), coords)  # [T, H, hd] each
+        out = attend_varlen(q, k, v, layout, backend=self.backend)  # [T, H, hd]
+        return self.proj(out.reshape(t, d))
+
+    def _rotate(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, coords: torch.Tensor | None):
+        """RoPE on q and k ([B, H, K, hd] with coords [B, K, 3], or [T, H, hd] with coords [T, 3])."""
+        if self.rope is None:
+            return q, k, v
+        if coords is None:
+            raise ValueError("RoPE attention needs token coordinates")
+        return self.rope.apply(q, coords), self.rope.apply(k, coords), v

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from vjepa.layers.attention import Attention
+from vjepa.layers.varlen import VarlenLayout
 
 
 class Mlp(nn.Module):
@@ -41,7 +42,8 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, mlp_hidden, device=device, dtype=dtype)
 
     def forward(
-        self, x: torch.Tensor, key_valid: torch.Tensor | None = None, coords: torch.Tensor | None = None
+        self, x: torch.Tensor, coords: torch.Tensor | None = None, layout: VarlenLayout | None = None
     ) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), key_valid=key_valid, coords=coords)
+        """x [B, N, D] dense, or packed [T, D] with its `layout` (variable-length sequences end to end)."""
+        x = x + self.attn(self.norm1(x), coords=coords, layout=layout)
         return x + self.mlp(self.norm2(x))

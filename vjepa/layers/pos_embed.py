@@ -76,7 +76,8 @@ class Rope3D:
         return coords.to(torch.float32)[..., None] * inv_freq
 
     def apply(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        """Rotates q or k: x [B, H, K, hd], coords [B, K, 3] integer grid positions."""
+        """Rotates q or k: x [B, H, K, hd] with coords [B, K, 3] integer grid positions, or packed x [T, H, hd]
+        with coords [T, 3] (the same broadcast: the head axis sits right after the token axes)."""
         ang = self.angles(coords)[:, None]  # [B, 1, K, 3, a/2]
         a = self.axis_dim
         rotated = x[..., : 3 * a].unflatten(-1, (3, a))  # [B, H, K, 3, a]

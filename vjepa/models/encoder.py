@@ -1,6 +1,9 @@
-"""The 3D-patch ViT encoder. With context indices it encodes only those tokens (padded per sample).
+"""The 3D-patch ViT encoder. On a full clip it runs dense [B, N, D]; on context tokens it runs packed: the
+kept tokens of every sequence end to end in one [Tc, D] tensor with variable-length attention, so no padding
+row goes through a block (`forward(clips, packed=...)`; with padded indices it packs and unpacks around it).
 
-Shape legend: B batch, C channels, T frames, H/W pixels, N grid tokens, K kept tokens, D width.
+Shape legend: B batch, C channels, T frames, H/W pixels, N grid tokens, K kept tokens (padded), Tc packed
+context rows, D width.
 """
 
 from __future__ import annotations
@@ -15,21 +18,24 @@ from torch.utils.checkpoint import checkpoint
 from vjepa.layers.block import Block
 from vjepa.layers.patch_embed import TubeletEmbed
 from vjepa.layers.pos_embed import grid_coords, sincos_3d
-from vjepa.models.tokens import gather_tokens, token_coords
+from vjepa.layers.varlen import VarlenLayout
+from vjepa.models.packing import PackedIndex, unpack
+from vjepa.models.tokens import token_coords
 
 
 def run_blocks(
     blocks: nn.ModuleList,
     x: torch.Tensor,
-    valid: torch.Tensor | None,
     coords: torch.Tensor | None,
+    layout: VarlenLayout | None,
     grad_ckpt: bool,
 ) -> torch.Tensor:
+    """x [B, N, D] dense (layout None) or packed [T, D] with its layout."""
     for block in blocks:
         if grad_ckpt and torch.is_grad_enabled():
-            x = checkpoint(block, x, valid, coords, use_reentrant=False)
+            x = checkpoint(block, x, coords, layout, use_reentrant=False)
         else:
-            x = block(x, valid, coords)
+            x = block(x, coords, layout)
     return x
 
 
@@ -114,22 +120,42 @@ class VisionTransformer3D(nn.Module):
         table = F.interpolate(table.float(), size=tuple(grid), mode="trilinear", align_corners=False)
         return table.permute(0, 2, 3, 4, 1).flatten(1, 3).to(self.pos_embed.dtype)
 
+    def embed(self, clips: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """clips [B, C, T, H, W] -> (patch tokens with positions [B, N, D], token grid)."""
+        grid = self.patch_embed.grid(*clips.shape[2:])
+        x = self.patch_embed(clips)  # [B, N, D]
+        if not self.use_rope:
+            x = x + self.positions(grid).to(x.dtype)
+        return x, grid
+
+    def _forward_packed(self, clips: torch.Tensor, context: PackedIndex) -> torch.Tensor:
+        """The encoder on packed context sets (any number of mask configurations; the patch embedding of a
+        clip is computed once for all of them): clips [B, C, T, H, W] -> [Tc, D]."""
+        tokens, grid = self.embed(clips)  # [B, N, D]
+        x = context.gather(tokens)  # [Tc, D]
+        coords = token_coords(context.token, grid) if self.use_rope else None  # [Tc, 3]
+        x = run_blocks(self.blocks, x, coords, context.layout, self.grad_ckpt)
+        return self.norm(x)
+
     def forward(
         self,
         clips: torch.Tensor,
         context_idx: torch.Tensor | None = None,
         context_valid: torch.Tensor | None = None,
+        *,
+        packed: PackedIndex | None = None,
     ) -> torch.Tensor:
-        """clips [B, C, T, H, W] -> [B, N, D], or [B, K, D] at `context_idx` [B, K] (padding rows are junk)."""
-        grid = self.patch_embed.grid(*clips.shape[2:])
-        x = self.patch_embed(clips)  # [B, N, D]
-        if not self.use_rope:
-            x = x + self.positions(grid).to(x.dtype)
-        coords = None
+        """clips [B, C, T, H, W] -> [B, N, D]; or [B, K, D] at `context_idx` [B, K] (zeros on padding rows;
+        context_valid None: every row is real); or, with `packed`, the packed context rows [Tc, D]."""
+        if packed is not None:
+            return self._forward_packed(clips, packed)
         if context_idx is not None:
-            x = gather_tokens(x, context_idx)  # [B, K, D]
-            coords = token_coords(context_idx, grid) if self.use_rope else None
-        elif self.use_rope:
-            coords = grid_coords(grid, device=x.device)[None].expand(x.shape[0], -1, -1)
-        x = run_blocks(self.blocks, x, context_valid, coords, self.grad_ckpt)
+            context = PackedIndex.from_padded(context_idx, context_valid)
+            z = self._forward_packed(clips, context)  # [Tc, D]
+            return unpack(z, context_valid, clips.shape[0])  # [B, K, D]
+        x, grid = self.embed(clips)  # [B, N, D]
+        coords = None
+        if self.use_rope:
+            coords = grid_coords(grid, device=x.device)[None].expand(x.shape[0], -1, -1)  # [B, N, 3]
+        x = run_blocks(self.blocks, x, coords, None, self.grad_ckpt)
         return self.norm(x)

@@ -1,8 +1,11 @@
 """The narrow ViT predictor: embeds the context tokens, appends one learned mask token (per mask
 configuration) at every target position, runs its blocks and projects the target tokens back to the
-encoder width.
+encoder width. It runs packed: each sequence (a sample under one mask configuration) is its context rows then
+its target rows, all sequences end to end in one [Tc+Tt, P] tensor with variable-length attention
+(`forward(z, packed=...)`; on padded sets it packs and unpacks around it).
 
-Shape legend: B batch, Kc context tokens, Kt target tokens, D encoder width, P predictor width.
+Shape legend: B batch, Kc/Kt context/target tokens per sample (padded), Tc/Tt packed context/target rows,
+M mask tokens, D encoder width, P predictor width.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from torch import nn
 from vjepa.layers.block import Block
 from vjepa.layers.pos_embed import sincos_3d
 from vjepa.models.encoder import init_transformer, run_blocks
-from vjepa.models.tokens import gather_tokens, token_coords
+from vjepa.models.packing import PackedIndex, PackedMasks, interleave, unpack
+from vjepa.models.tokens import token_coords
 
 
 class Predictor(nn.Module):
@@ -79,36 +83,47 @@ class Predictor(nn.Module):
             n for n, _ in self.named_parameters() if n.startswith("mask_tokens.") or n.endswith("pos_embed")
         }
 
+    def _forward_packed(
+        self, context_tokens: torch.Tensor, context: PackedIndex, target: PackedIndex
+    ) -> torch.Tensor:
+        """Encoder output at the packed `context` rows [Tc, D] -> predictions at the packed `target` rows
+        [Tt, D]; sequence s of `context` and of `target` are one sequence here, and each target row gets the
+        mask token of its `group` (its mask configuration)."""
+        x_ctx = self.predictor_embed(context_tokens)  # [Tc, P]
+        tokens = torch.cat([t.reshape(1, -1) for t in self.mask_tokens]).to(x_ctx.dtype)  # [M, P]
+        x_tgt = tokens.index_select(0, target.group)  # [Tt, P]
+        seqs, order, target_rows = interleave(context, target)
+        x = torch.cat([x_ctx, x_tgt]).index_select(0, order)  # [Tc+Tt, P], sequence by sequence
+        coords = None
+        if self.use_rope:
+            coords = token_coords(seqs.token, self.grid)  # [Tc+Tt, 3]
+        else:
+            x = x + self.predictor_pos_embed[0].to(x.dtype).index_select(0, seqs.token)
+        x = run_blocks(self.predictor_blocks, x, coords, seqs.layout, self.grad_ckpt)
+        x = self.predictor_norm(x.index_select(0, target_rows))  # [Tt, P]
+        return self.predictor_proj(x)  # [Tt, D]
+
     def forward(
         self,
         context: torch.Tensor,
         *,
-        context_idx: torch.Tensor,
-        context_valid: torch.Tensor | None,
-        target_idx: torch.Tensor,
-        target_valid: torch.Tensor | None,
+        context_idx: torch.Tensor | None = None,
+        context_valid: torch.Tensor | None = None,
+        target_idx: torch.Tensor | None = None,
+        target_valid: torch.Tensor | None = None,
         mask_index: int = 0,
+        packed: PackedMasks | None = None,
     ) -> torch.Tensor:
-        """context [B, Kc, D] (encoder output at context_idx) -> predictions [B, Kt, D] at target_idx."""
+        """context [B, Kc, D] (encoder output at context_idx) -> predictions [B, Kt, D] at target_idx (zeros
+        on padding rows; a valid mask of None: every row is real). With `packed`: context [Tc, D] at the
+        packed context rows -> predictions [Tt, D] at the packed target rows."""
+        if packed is not None:
+            return self._forward_packed(context, packed.context, packed.target)
+        if context_idx is None or target_idx is None:
+            raise ValueError("the predictor needs context_idx and target_idx (or packed sets)")
         if not 0 <= mask_index < len(self.mask_tokens):
             raise ValueError(f"mask_index {mask_index} out of range for {len(self.mask_tokens)} mask tokens")
-        b, kc, _ = context.shape
-        kt = target_idx.shape[1]
-        x = self.predictor_embed(context)  # [B, Kc, P]
-        m = self.mask_tokens[mask_index].to(x.dtype).expand(b, kt, -1)  # [B, Kt, P]
-        idx = torch.cat([context_idx, target_idx], dim=1)  # [B, Kc+Kt]
-        x = torch.cat([x, m], dim=1)
-        coords = None
-        if self.use_rope:
-            coords = token_coords(idx, self.grid)
-        else:
-            table = self.predictor_pos_embed.to(x.dtype).expand(b, -1, -1)
-            x = x + gather_tokens(table, idx)
-        valid = None
-        if context_valid is not None or target_valid is not None:
-            cv = context_valid if context_valid is not None else context_idx.new_ones(b, kc, dtype=torch.bool)
-            tv = target_valid if target_valid is not None else target_idx.new_ones(b, kt, dtype=torch.bool)
-            valid = torch.cat([cv, tv], dim=1)
-        x = run_blocks(self.predictor_blocks, x, valid, coords, self.grad_ckpt)
-        x = self.predictor_norm(x[:, kc:])  # [B, Kt, P]
-        return self.predictor_proj(x)
+        ctx = PackedIndex.from_padded(context_idx, context_valid, group=mask_index)
+        tgt = PackedIndex.from_padded(target_idx, target_valid, group=mask_index)
+        z = context.flatten(0, 1) if context_valid is None else context[context_valid]  # [Tc, D]
+        return unpack(self._forward_packed(z, ctx, tgt), target_valid, context.shape[0])  # [B, Kt, D]

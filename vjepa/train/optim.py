@@ -8,6 +8,16 @@ import torch
 from vjepa.config import OptimConfig
 from vjepa.objective import JepaModel
 
+FUSED_DEVICES = ("cuda", "cpu")  # where torch has a fused AdamW kernel
+
+
+def fused_adamw(params: list) -> bool:
+    """Fused AdamW (one kernel over every parameter) where every parameter is on a device that has one: on
+    CUDA (untested on GPU in the CPU suite, see the gpu-marked test) and on CPU, where it measured 5.8x faster
+    than the per-parameter loop (vit_small + the default predictor, 43 M parameters: 48 ms against 279 ms a
+    step, one thread)."""
+    return bool(params) and all(p.device.type in FUSED_DEVICES for p in params)
+
 
 def param_groups(model: JepaModel) -> list[dict]:
     skip = model.no_weight_decay()
@@ -23,8 +33,10 @@ def param_groups(model: JepaModel) -> list[dict]:
 
 
 def build_optimizer(model: JepaModel, cfg: OptimConfig) -> torch.optim.AdamW:
-    """Plain torch AdamW (DeepSpeed gets this too: its config-declared AdamW JIT-compiles a C++ op)."""
-    return torch.optim.AdamW(param_groups(model), lr=cfg.start_lr, betas=cfg.betas, eps=cfg.eps)
+    """Torch AdamW, fused on CUDA and CPU (DeepSpeed gets this too: its config-declared AdamW JIT-compiles a C++ op)."""
+    groups = param_groups(model)
+    fused = fused_adamw([p for g in groups for p in g["params"]])
+    return torch.optim.AdamW(groups, lr=cfg.start_lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
 
 
 def set_lr_wd(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:

@@ -38,6 +38,7 @@ from vjepa.distributed.env import DistEnv, read_env
 from vjepa.models.builder import build_encoder, build_predictor, token_grid
 from vjepa.objective import JepaModel, target_features
 from vjepa.pretrained import read_pretrained
+from vjepa.train.compile import compile_models
 from vjepa.train.metrics import RunLogger, trim_log
 from vjepa.train.monitors import collapse_stats
 from vjepa.train.optim import build_optimizer, set_lr_wd
@@ -207,8 +208,8 @@ def environment_info(env: DistEnv) -> dict:
 
 
 def make_engine(cfg: Config, model: JepaModel, device: torch.device, env: DistEnv) -> Engine:
-    """The engine for `cfg.dist`, given the config sections it needs."""
-    return build_engine(
+    """The engine for `cfg.dist`, given the config sections it needs (and `model.compile` applied)."""
+    engine = build_engine(
         model,
         lambda module: build_optimizer(module, cfg.optim),
         optim=cfg.optim,
@@ -218,6 +219,9 @@ def make_engine(cfg: Config, model: JepaModel, device: torch.device, env: DistEn
         device=device,
         env=env,
     )
+    if cfg.model.compile:
+        compile_models(engine, cfg.model.compile_backend)
+    return engine
 
 
 @dataclass
