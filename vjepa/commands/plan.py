@@ -27,7 +27,7 @@ HELP = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vjepa.world.config import PlanSettings
+    from vjepa.world.plan_settings import PlanSettings
 
     p = sub.add_parser(
         "plan",
@@ -48,8 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vjepa.world.config import PlanSettings
     from vjepa.world.plan_eval import evaluate_planning
+    from vjepa.world.plan_settings import PlanSettings
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(PlanSettings)}
     settings = PlanSettings(
