@@ -1,21 +1,18 @@
 """One typed config tree. Dataclasses hold every default; YAML files and `key=value` overrides only override.
 
 Loading is strict: an unknown key, a value of the wrong type or an inconsistent combination raises a
-ValueError that names the dotted key, before any work starts.
+ValueError that names the dotted key, before any work starts. The schema-independent machinery (typed
+conversion, overrides, `load_tree`) lives in vjepa/config_tree.py and is re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib.resources
-import math
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import yaml
 
@@ -23,17 +20,16 @@ from data_pipelines import (
     DataConfig,
     MaskSpec,
     check,
-    check_choice,
     check_fields,
-    check_finite,
     default_mask_specs,
-    literal_values,
 )
-from vjepa.utils import DeviceName, atomic_write, deep_merge, resolve_device
-from vjepa.yaml_reader import read_yaml
-
-if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable
+from vjepa.config_tree import apply_override as apply_override
+from vjepa.config_tree import bundled_configs as bundled_configs
+from vjepa.config_tree import find_config as find_config
+from vjepa.config_tree import from_dict as from_dict
+from vjepa.config_tree import load_tree
+from vjepa.config_tree import to_dict as to_dict
+from vjepa.utils import DeviceName, atomic_write, resolve_device
 
 PosEmbed = Literal["sincos", "rope"]  # sincos: fixed 3D sin-cos (V-JEPA 1); rope: 3D rotary (V-JEPA 2)
 # RoPE channel layout: half = rotate-half (a true rotation, ours); vjepa2 = the published V-JEPA 2 layout
@@ -365,170 +361,6 @@ class Config:
                 check_backend("xformers", device)
             except ValueError as err:
                 raise ValueError(f"{err} (train.device={t.device})") from None
-
-
-# ----------------------------------------------------------------------------- typed conversion
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Checks `value` against the annotation `tp` and converts containers; errors name `key`."""
-    origin = typing.get_origin(tp)
-    choices = literal_values(tp)
-    if choices is not None:
-        check_choice(value, choices, key)
-        return value
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _convert(value, option, key)
-            except ValueError as err:
-                errors.append(str(err))
-        raise ValueError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {tp}")
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ValueError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
-        return from_dict(tp, value, prefix=key)
-    if origin in (list, tuple):
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{key}: expected a list, got {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ValueError(f"{key}: expected {len(args)} values, got {len(value)}")
-            return tuple(_convert(v, a, f"{key}.{i}") for i, (v, a) in enumerate(zip(value, args)))
-        item = args[0] if args else Any
-        out = [_convert(v, item, f"{key}.{i}") for i, v in enumerate(value)]
-        return tuple(out) if origin is tuple else out
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{key}: expected a mapping, got {value!r}")
-        check_finite(value, key)
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{key}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{key}: expected a number, got {value!r}")
-        if not math.isfinite(value):  # YAML's .nan / .inf, or an overflowing 1e999
-            raise ValueError(f"{key}: must be a finite number, got {value}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"{key}: unsupported annotation {tp!r}")
-
-
-def from_dict(cls: type, data: dict[str, Any], *, prefix: str = "") -> Any:
-    """Builds dataclass `cls` from a plain dict; unknown keys and wrong types are errors naming the key."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in names:
-            full = f"{prefix}.{key}" if prefix else str(key)
-            raise ValueError(f"unknown config key '{full}' (known: {', '.join(sorted(names))})")
-    kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def to_dict(cfg: Any) -> Any:
-    """The config as plain YAML-ready data (tuples become lists)."""
-    if dataclasses.is_dataclass(cfg):
-        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
-    if isinstance(cfg, (list, tuple)):
-        return [to_dict(v) for v in cfg]
-    if isinstance(cfg, dict):
-        return {k: to_dict(v) for k, v in cfg.items()}
-    return cfg
-
-
-# ----------------------------------------------------------------------------- merging and overrides
-
-
-def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Applies one `dotted.key=value` override in place; the value is parsed as YAML (so 1e-3, true, [1, 2])."""
-    if "=" not in assignment:
-        raise ValueError(f"override '{assignment}' is not of the form key=value")
-    dotted, raw = assignment.split("=", 1)
-    parts = dotted.strip().split(".")
-    node: Any = data
-    for depth, part in enumerate(parts):
-        here = ".".join(parts[: depth + 1])
-        last = depth == len(parts) - 1
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ValueError(f"unknown config key '{here}' (list of {len(node)} entries)")
-            part = int(part)
-        elif not isinstance(node, dict) or (part not in node and not here.startswith("dist.deepspeed.")):
-            raise ValueError(f"unknown config key '{here}'")
-        if last:
-            where = f"override '{assignment}'"
-            value = read_yaml(raw, where, key=dotted.strip(), column_offset=len(dotted) + 1)
-            node[part] = value if raw.strip() else ""
-        else:
-            node = node.setdefault(part, {}) if isinstance(node, dict) else node[part]
-
-
-def bundled_configs() -> list[str]:
-    """Names of the config files shipped inside the package (vjepa/configs/*.yaml), e.g. `quickstart`."""
-    files = importlib.resources.files("vjepa.configs").iterdir()
-    return sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml"))
-
-
-def find_config(path: str | Path) -> Path | Traversable:
-    """The config file `path` names: the file itself when it exists, else a bundled config of that name
-    (`quickstart` or `quickstart.yaml`), read through importlib.resources so that it works from any install."""
-    if Path(path).is_file():
-        return Path(path)
-    name = str(path).removesuffix(".yaml")
-    bundled = bundled_configs()
-    if name in bundled:
-        return importlib.resources.files("vjepa.configs").joinpath(f"{name}.yaml")
-    raise ValueError(f"config file not found: {path} (bundled configs: {', '.join(bundled)})")
-
-
-def load_tree(
-    schema: type,
-    path: str | Path | None = None,
-    overrides: list[str] | tuple[str, ...] = (),
-    *,
-    open_keys: tuple[str, ...] = (),
-) -> Any:
-    """Defaults of the dataclass `schema`, then the YAML file, then `key=value` overrides, built into
-    `schema`; unknown keys and wrong types stop here, naming the key (and the file)."""
-    data = to_dict(schema())
-    if path is not None:
-        path = find_config(path)
-        try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: cannot read the config file: {err}") from None
-        loaded = read_yaml(text, str(path)) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: a config file must hold a mapping at the top level")
-        try:
-            data = deep_merge(data, loaded, strict=True, open_keys=open_keys)
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from None
-    for assignment in overrides:
-        apply_override(data, assignment)
-    return from_dict(schema, data)
 
 
 def load_config(
