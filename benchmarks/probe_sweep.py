@@ -30,13 +30,14 @@ WDS = (0.01, 0.1, 0.4, 0.8)
 
 
 def synthetic_features(
-    videos: int, *, views: int, tokens: int, width: int, classes: int, seed: int
+    videos: int, *, views: int, tokens: int, width: int, classes: int, seed: int, signal: float = 0.5
 ) -> FeatureSet:
-    """fp16 noise tokens [M, V, N, D] where class c raises dimension c: a learnable planted signal."""
+    """fp16 noise tokens [M, V, N, D] where class c raises dimension c by `signal`: a learnable planted signal
+    (tests/test_probe_sweep.py uses it too)."""
     gen = torch.Generator().manual_seed(seed)
     labels = torch.arange(videos) % classes
     x = torch.randn(videos, views, tokens, width, generator=gen)
-    x[torch.arange(videos), :, :, labels] += 0.5
+    x[torch.arange(videos), :, :, labels] += signal
     meta = {"num_classes": classes, "segments": 1, "spatial_views": views}
     return FeatureSet(x.half(), labels, [f"v{i}" for i in range(videos)], meta)
 

@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 
+from benchmarks.probe_sweep import synthetic_features
 from vjepa.eval.evaluate import ProbeConfig, train_probe
 from vjepa.eval.extract import FeatureSet
 from vjepa.eval.metrics import classification_metrics, confusion_matrix, per_class_accuracy, topk_accuracy
@@ -22,12 +23,9 @@ from vjepa.eval.views import join_segments, segment_views
 
 def planted(videos: int, *, classes: int = 4, views: int = 2, tokens: int = 4, dim: int = 16, seed: int = 0):
     """Noise tokens where dimension `label` is raised by 1: learnable, but not at once."""
-    gen = torch.Generator().manual_seed(seed)
-    labels = torch.arange(videos) % classes
-    x = torch.randn(videos, views, tokens, dim, generator=gen)
-    x[torch.arange(videos), :, :, labels] += 1.0
-    meta = {"num_classes": classes, "segments": 1, "spatial_views": views}
-    return FeatureSet(x.half(), labels, [f"v{i}" for i in range(videos)], meta)
+    return synthetic_features(
+        videos, views=views, tokens=tokens, width=dim, classes=classes, seed=seed, signal=1.0
+    )
 
 
 SWEEP = dict(epochs=2, batch=8, seed=3, lrs=(1e-3, 1e-2), wds=(0.0, 0.3))

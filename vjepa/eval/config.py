@@ -8,6 +8,7 @@ decays, 20 epochs).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -98,13 +99,13 @@ class ProbeSettings:
             raise ValueError(f"{prefix}.depth: must be >= 0, got {self.depth}")
         if self.heads is not None and self.heads < 1:
             raise ValueError(f"{prefix}.heads: must be >= 1, got {self.heads}")
-        for name, low in (("lrs", 0.0), ("wds", -1.0)):
+        for name, ok, rule in (("lrs", lambda v: v > 0, "> 0"), ("wds", lambda v: v >= 0, ">= 0")):
             values = getattr(self, name)
             if not values:
                 raise ValueError(f"{prefix}.{name}: give at least one value")
-            bad = [v for v in values if not v > low or (name == "wds" and v < 0)]
+            bad = [v for v in values if not ok(v)]
             if bad:
-                raise ValueError(f"{prefix}.{name}: {'> 0' if name == 'lrs' else '>= 0'} each, got {bad}")
+                raise ValueError(f"{prefix}.{name}: {rule} each, got {bad}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"{prefix}.device: cpu or cuda, got {self.device!r}")
 
@@ -143,6 +144,4 @@ def load_eval_config(
 
 def flag_overrides(values: dict[str, Any]) -> list[str]:
     """`key=value` overrides from command-line flags that were given (None means not given)."""
-    import json
-
     return [f"{key}={json.dumps(value)}" for key, value in values.items() if value is not None]

@@ -117,13 +117,13 @@ def load_feature_folder(path: str | Path) -> FeatureSet:
     folder = PartFolder(Path(path))
     index_path = folder.root / INDEX
     if not index_path.is_file():
-        parts = _read_json(folder.root / SETTINGS)["parts"] if (folder.root / SETTINGS).is_file() else None
-        missing = [p for p in range(parts) if not folder.done(p)] if parts is not None else []
+        if not (folder.root / SETTINGS).is_file():
+            raise ValueError(f"{folder.root}: not a feature folder (no {INDEX})")
+        parts = _read_json(folder.root / SETTINGS)["parts"]
+        missing = sum(not folder.done(p) for p in range(parts))
         raise ValueError(
-            f"{folder.root}: the extraction is not finished ({len(missing)} of {parts} parts missing); rerun "
+            f"{folder.root}: the extraction is not finished ({missing} of {parts} parts missing); rerun "
             "vjepa extract with the same settings to finish it"
-            if parts is not None
-            else f"{folder.root}: not a feature folder (no {INDEX})"
         )
     index = _read_json(index_path)
     if index.get("format") != FORMAT:
