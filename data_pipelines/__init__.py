@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from data_pipelines.bad_samples import HungDecodesError, TooManyBadSamplesError
-    from data_pipelines.batch import MaskBatch, VideoBatch
+    from data_pipelines.batch import MaskBatch, MixedBatch, VideoBatch
     from data_pipelines.checks import (
         check,
         check_choice,
@@ -55,6 +55,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "build_loader": "loader",
     "VideoBatch": "batch",
     "MaskBatch": "batch",
+    "MixedBatch": "batch",
     "DataConfig": "config",
     "SourceConfig": "config",
     "MaskGenerator": "masking",
@@ -93,6 +94,7 @@ __all__ = [
     "MaskBatch",
     "MaskGenerator",
     "MaskSpec",
+    "MixedBatch",
     "SourceConfig",
     "TooManyBadSamplesError",
     "VideoBatch",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["MaskBatch", "MaskFn", "VideoBatch", "pad_index_lists"]
+__all__ = ["MaskBatch", "MaskFn", "MixedBatch", "VideoBatch", "collate_clips", "pad_index_lists"]
 
 
 @dataclass
@@ -51,7 +51,8 @@ class MaskBatch:
         return self.context_idx[i][self.context_valid[i]], self.target_idx[i][self.target_valid[i]]
 
 
-MaskFn = Callable[..., list[MaskBatch]]  # mask_generator(batch_size, *, worker: int, step: int)
+# mask_generator(batch_size, *, worker: int, step: int), and `frames=T` in runs of several clip lengths
+MaskFn = Callable[..., list[MaskBatch]]
 
 
 def pad_index_lists(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,3 +84,66 @@ class VideoBatch:
             masks=[m.to(device, non_blocking=non_blocking) for m in self.masks],
             keys=list(self.keys),
         )
+
+    @property
+    def num_clips(self) -> int:
+        return self.clips.shape[0]
+
+    def groups(self) -> list[VideoBatch]:
+        """The batch's groups of one clip length each: this batch itself."""
+        return [self]
+
+
+@dataclass
+class MixedBatch:
+    """A batch of several clip lengths (a run whose sources sample different lengths, images among them):
+    one VideoBatch per length present, longest first, each with its own masks drawn for its token grid."""
+
+    parts: list[VideoBatch]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> MixedBatch:
+        return MixedBatch([p.to(device, non_blocking=non_blocking) for p in self.parts])
+
+    @property
+    def num_clips(self) -> int:
+        return sum(p.num_clips for p in self.parts)
+
+    @property
+    def keys(self) -> list[str]:
+        return [k for p in self.parts for k in p.keys]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.cat([p.labels for p in self.parts])
+
+    def groups(self) -> list[VideoBatch]:
+        return list(self.parts)
+
+
+def collate_clips(
+    clips: list[torch.Tensor],
+    labels: list[int],
+    keys: list[str],
+    *,
+    mask_generator: MaskFn | None,
+    step: int,
+    mixed: bool,
+    stack: Callable[[list[torch.Tensor]], torch.Tensor] = torch.stack,
+) -> VideoBatch | MixedBatch:
+    """Clips [3, T, S, S] uint8 with their labels and keys -> one VideoBatch (masks for B clips at `step`),
+    or with `mixed` a MixedBatch of one group per clip length T (longest first; masks drawn per length with
+    `frames=T`, so every length has its own draw)."""
+
+    def group(rows: list[int], **frames: int) -> VideoBatch:
+        masks = [] if mask_generator is None else mask_generator(len(rows), worker=0, step=step, **frames)
+        return VideoBatch(
+            clips=stack([clips[i] for i in rows]),  # [B, 3, T, S, S] uint8
+            labels=torch.tensor([labels[i] for i in rows], dtype=torch.int64),
+            masks=masks,
+            keys=[keys[i] for i in rows],
+        )
+
+    if not mixed:
+        return group(list(range(len(clips))))
+    lengths = sorted({int(c.shape[1]) for c in clips}, reverse=True)
+    return MixedBatch([group([i for i, c in enumerate(clips) if c.shape[1] == t], frames=t) for t in lengths])

@@ -23,18 +23,37 @@ class SourceConfig:
 
     `weight` scales how many of the source's shards (or videos) one epoch draws: 1.0 = each once, 2.0 =
     each twice, 0.5 = a different seeded half every epoch.
+
+    Several clip lengths in one run: a source may sample its own `frames_per_clip` (at most
+    data.frames_per_clip, which the model is built for) and `fps`. A source with `frames_per_clip: 1` is an
+    image source: its JPEG/PNG files (in a folder, a CSV list or tar shards) are 1-frame clips, and a video
+    in it gives one random frame. A batch then holds one group per clip length (see batch.MixedBatch).
     """
 
     path: str = ""
     kind: SourceKind = "auto"
     weight: float = 1.0
     samples_per_shard: int = 0  # streamed URL shards: samples in each, spares the counting pass (0: count)
+    frames_per_clip: int | None = None  # None: data.frames_per_clip; 1: an image source
+    fps: float | None = None  # None: data.fps (and data.frame_step)
 
     def validate(self, prefix: str = "source") -> None:
         check_fields(self, prefix)
         check(bool(self.path), f"{prefix}.path", "must name a shard folder/pattern, a CSV file or a folder")
         check(self.weight > 0, f"{prefix}.weight", f"must be > 0, got {self.weight}")
         check(self.samples_per_shard >= 0, f"{prefix}.samples_per_shard", "must be >= 0 (0: count)")
+        frames = self.frames_per_clip
+        check(
+            frames is None or frames >= 1, f"{prefix}.frames_per_clip", f"must be >= 1 or null, got {frames}"
+        )
+        check(self.fps is None or self.fps > 0, f"{prefix}.fps", f"must be > 0 or null, got {self.fps}")
+        own = frames is not None or self.fps is not None
+        check(
+            not (own and self.path.startswith(STREAM_PREFIXES)),
+            f"{prefix}.frames_per_clip",
+            "a clip length or fps of its own is read from local sources only (streamed sources use "
+            "data.frames_per_clip and data.fps)",
+        )
 
     def check_path(self, prefix: str = "source") -> None:
         """The path exists in the form its kind needs: a folder, a CSV file, or tar files the shard pattern
@@ -96,6 +115,19 @@ class DataConfig:
             )
         for i, source in enumerate(self.sources):
             source.validate(f"{prefix}.sources.{i}")
+            check(
+                self.source_frames(source) <= self.frames_per_clip,
+                f"{prefix}.sources.{i}.frames_per_clip",
+                f"{source.frames_per_clip} is more than {prefix}.frames_per_clip={self.frames_per_clip}, the "
+                "longest clip (the model is built for it)",
+            )
+        streamed = [i for i, src in enumerate(self.sources) if src.path.startswith(STREAM_PREFIXES)]
+        check(
+            not streamed or len(self.clip_lengths()) == 1,
+            f"{prefix}.sources.{streamed[0] if streamed else 0}.path",
+            "streamed sources cannot be mixed with sources of another clip length (several lengths are read "
+            "from local sources only)",
+        )
         for key in ("frames_per_clip", "frame_step", "num_clips", "crop_size", "batch_size"):
             check(getattr(self, key) >= 1, f"{prefix}.{key}", f"must be >= 1, got {getattr(self, key)}")
         check(self.fps is None or self.fps > 0, f"{prefix}.fps", f"must be > 0 or null, got {self.fps}")
@@ -116,6 +148,16 @@ class DataConfig:
             f"must be in [0, 1], got {self.max_skip_fraction}",
         )
         check(self.skip_check_min_samples >= 0, f"{prefix}.skip_check_min_samples", "must be >= 0")
+
+    def source_frames(self, source: SourceConfig) -> int:
+        """The frames per clip that `source` samples."""
+        return self.frames_per_clip if source.frames_per_clip is None else source.frames_per_clip
+
+    def clip_lengths(self) -> list[int]:
+        """Every clip length a batch can hold, longest first: data.frames_per_clip, then the sources' own.
+        Length index l (this order) and mask configuration k select the predictor's mask token l * M + k."""
+        own = {self.source_frames(s) for s in self.sources} if self.dataset == "files" else set()
+        return [self.frames_per_clip, *sorted(own - {self.frames_per_clip}, reverse=True)]
 
     def check_paths(self, prefix: str = "data") -> None:
         """Every source path exists (see `SourceConfig.check_path`): run before a training run writes

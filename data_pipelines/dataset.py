@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from data_pipelines.bad_samples import BadSampleError, SkipStats, TooManyBadSamplesError
-from data_pipelines.batch import MaskFn, VideoBatch
+from data_pipelines.batch import MaskFn, MixedBatch, VideoBatch, collate_clips
 from data_pipelines.chain import Chain
 from data_pipelines.config import DataConfig
 from data_pipelines.decode import DecodedVideo, IndexPicker, VideoDecoder
@@ -154,7 +154,7 @@ class _Samples:
         try:
             raw = self.reader.read(unit, entry)
             fetch.label = raw.label
-            fetch.wait = self.decoder.submit(raw.data, d.picker(rng))
+            fetch.wait = self.decoder.submit(raw.data, d.picker(rng, unit, entry), image=entry.image)
         except BadSampleError as err:
             fetch.error = str(err)
         return fetch
@@ -167,16 +167,19 @@ class _Samples:
         return _Loaded(fetch.unit, fetch.entry, fetch.label, clips)
 
 
-def clip_picker(cfg: DataConfig, rng: np.random.Generator) -> IndexPicker:
-    """The decoder's frame-index picker for a sample: `cfg`'s clips drawn with `rng` -> [C, T] indices."""
+def clip_picker(
+    cfg: DataConfig, rng: np.random.Generator, *, frames: int | None = None, fps: float | None = None
+) -> IndexPicker:
+    """The decoder's frame-index picker for a sample: `cfg`'s clips (of `frames` frames at `fps` when given:
+    a source's own) drawn with `rng` -> [C, T] indices."""
 
     def pick(num_frames: int, video_fps: float) -> np.ndarray:
         return clip_indices(
             num_frames,
             video_fps,
-            frames=cfg.frames_per_clip,
+            frames=cfg.frames_per_clip if frames is None else frames,
             frame_step=cfg.frame_step,
-            fps=cfg.fps,
+            fps=cfg.fps if fps is None else fps,
             num_clips=cfg.num_clips,
             pad=cfg.pad_short,
             rng=rng,
@@ -227,6 +230,7 @@ class ClipDataset(IterableDataset):
         self.mask_generator = mask_generator
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.start = Position()
+        self.mixed = len(cfg.clip_lengths()) > 1  # batches are MixedBatches of one group per clip length
         self.chain: Chain | None = None
         self._plans: dict[int, EpochPlan] = {}
 
@@ -262,7 +266,7 @@ class ClipDataset(IterableDataset):
             return None
         return Position(position.epoch + 1, 0, 0, position.step + 1)
 
-    def __iter__(self) -> Iterator[tuple[VideoBatch | None, BatchInfo]]:
+    def __iter__(self) -> Iterator[tuple[VideoBatch | MixedBatch | None, BatchInfo]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         chain = self.chain if self.chain is not None else Chain()
@@ -323,7 +327,7 @@ class ClipDataset(IterableDataset):
 
     def _make_batch(
         self, position: Position, samples: _Samples, workers: int
-    ) -> tuple[VideoBatch | None, int, SkipStats]:
+    ) -> tuple[VideoBatch | MixedBatch | None, int, SkipStats]:
         """(batch, end, counts) for the batch starting at `position`; the batch is None where a rank's
         epoch ends without one to deliver."""
         plan = self.plan(position.epoch)
@@ -364,21 +368,31 @@ class ClipDataset(IterableDataset):
             )
         clips = [c for s in chosen for c in s.clips]  # type: ignore[union-attr]
         per_clip = [(s.label, s.entry.key) for s in chosen for _ in s.clips]  # type: ignore[union-attr]
-        masks = (
-            []
-            if self.mask_generator is None
-            else self.mask_generator(len(clips), worker=0, step=position.step)
-        )
-        batch = VideoBatch(
-            clips=_stack(clips),  # [B, 3, T, S, S] uint8
-            labels=torch.tensor([label for label, _ in per_clip], dtype=torch.int64),
-            masks=masks,
-            keys=[key for _, key in per_clip],
+        batch = collate_clips(
+            clips,
+            [label for label, _ in per_clip],
+            [key for _, key in per_clip],
+            mask_generator=self.mask_generator,
+            step=position.step,
+            mixed=self.mixed,
+            stack=_stack,
         )
         return batch, p, skips
 
-    def picker(self, rng: np.random.Generator) -> IndexPicker:
-        return clip_picker(self.cfg, rng)
+    def picker(self, rng: np.random.Generator, unit: Unit, entry: SampleEntry) -> IndexPicker:
+        """The frame picker for a sample of `unit`: its source's clip length and fps (one frame of an
+        image); BadSampleError for an image in a source of longer clips."""
+        source = self.cfg.sources[unit.source] if self.cfg.sources else None
+        frames = self.cfg.frames_per_clip if source is None else self.cfg.source_frames(source)
+        if entry.image:
+            if frames != 1:
+                raise BadSampleError(
+                    f"an image in data.sources.{unit.source}, whose clips are {frames} frames long (give "
+                    "image sources frames_per_clip: 1)"
+                )
+            clips = self.cfg.num_clips
+            return lambda num_frames, video_fps: np.zeros((clips, 1), dtype=np.int64)  # [C, 1]: the one frame
+        return clip_picker(self.cfg, rng, frames=frames, fps=None if source is None else source.fps)
 
     def clips(self, fetch: _Fetch) -> list[torch.Tensor]:
         """The sample's C augmented clips [3, T, S, S] uint8; BadSampleError if it cannot be used."""

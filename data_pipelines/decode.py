@@ -221,15 +221,18 @@ class VideoDecoder:
         """Decodes that hung past the bound (their threads are stuck)."""
         return self._runner.abandoned
 
-    def submit(self, data: bytes, pick: IndexPicker) -> Callable[[], DecodedVideo]:
-        """Queues the decode on the helper thread and returns a function that waits for its result
-        (raising BadSampleError, or DecodeTimeoutError past the bound)."""
+    def submit(self, data: bytes, pick: IndexPicker, *, image: bool = False) -> Callable[[], DecodedVideo]:
+        """Queues the decode (of an image file with `image`) on the helper thread and returns a function
+        that waits for its result (raising BadSampleError, or DecodeTimeoutError past the bound)."""
         if self.abandoned >= MAX_ABANDONED_THREADS:
             raise HungDecodesError(
                 f"{self.abandoned} video decodes hung past data.decode_timeout_s={self.timeout_s}; "
                 "their threads are stuck in the decoder, refusing to start more (check the data)"
             )
-        decode = _BACKENDS[self.backend]
+        if image:
+            from data_pipelines.images import decode_image as decode
+        else:
+            decode = _BACKENDS[self.backend]
         job = self._runner.submit(lambda: decode(data, pick))
 
         def wait() -> DecodedVideo:

@@ -122,7 +122,7 @@ class VideoLoader:
                 self._advance(info)
                 if batch is not None:
                     delivered = None if delivered is None else delivered + 1
-                    self._clips += batch.clips.shape[0]
+                    self._clips += batch.num_clips
                     yield batch
                 if self._position.epoch != epoch:
                     if delivered == 0:
@@ -225,7 +225,7 @@ def build_loader(
             cfg, mask_generator=mask_generator, seed=seed, rank=rank, world_size=world_size, state=state
         )
     dataset = ClipDataset(
-        load_sources(cfg.sources),
+        load_sources(cfg.sources, default_frames=cfg.frames_per_clip),
         cfg,
         mask_generator=mask_generator,
         seed=seed,

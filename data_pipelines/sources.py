@@ -1,7 +1,7 @@
 """Where samples come from: tar shards, a CSV list or a folder of videos, enumerated into an index.
 
-This module is the one place that knows what a video file is called (`VIDEO_EXTENSIONS`) and how a CSV
-list and a folder of videos are read; the shard writer uses the same listing to pack them.
+This module is the one place that knows what a video file is called (`VIDEO_EXTENSIONS`; an image source
+also reads `IMAGE_EXTENSIONS`) and how a CSV list and a folder of videos are read; the shard writer uses the same listing to pack them.
 
 Tar shards follow the webdataset layout: members grouped by key (the path up to the first dot of the base
 name), e.g. `KEY.mp4` + `KEY.json` (+ `KEY.cls`). Shards made by GNU `tar -cf` from a folder (`./KEY.mp4`,
@@ -42,6 +42,7 @@ from data_pipelines.config import SourceConfig
 from data_pipelines.timeout import CallTimedOut, TimeoutRunner
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "VIDEO_EXTENSIONS",
     "HungReadsError",
     "Member",
@@ -61,6 +62,9 @@ log = logging.getLogger(__name__)
 # what a video file or a tar member holding a video may end with (lower case)
 VIDEO_EXTENSIONS = (".avi", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ogv", ".webm")
 _VIDEO_EXTS = {ext.lstrip(".") for ext in VIDEO_EXTENSIONS}
+# what an image source also reads (decoded with Pillow, data_pipelines/images.py)
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".webp")
+_IMAGE_EXTS = {ext.lstrip(".") for ext in IMAGE_EXTENSIONS}
 _MEMBER_NAME = re.compile(r"^((?:.*/|)[^./][^.]*)\.([^/]+)$")  # webdataset's key.ext split
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _GLOB_CHARS = set("*?[")
@@ -86,7 +90,8 @@ class Member:
 
 @dataclass(slots=True)
 class SampleEntry:
-    """One sample of a unit; `video` is a tar member, a file path, or None (no video member found)."""
+    """One sample of a unit; `video` is a tar member, a file path, or None (no video member found); `image`:
+    it holds an image (a 1-frame clip), not a video."""
 
     key: str  # "shard/key" for tar samples, the file path for CSV and folder samples
     video: Member | str | None
@@ -94,6 +99,7 @@ class SampleEntry:
     label_format: str = ""  # "cls" | "json" (the format of label_member)
     label: int = -1  # known up front (CSV, class folders); -1 unknown
     members: str = ""  # the member extensions seen, for the error when `video` is None
+    image: bool = False
 
 
 @dataclass
@@ -103,6 +109,7 @@ class Unit:
     shard: str  # what bad-sample reports name: the tar path, or the CSV/folder source
     tar: str | None  # the tar file holding the members; None for plain video files
     samples: list[SampleEntry]
+    source: int = 0  # index of its source in data.sources (its clip length and fps)
 
 
 @dataclass
@@ -153,14 +160,16 @@ def read_csv_list(csv_path: Path) -> list[tuple[Path, int]]:
     return items
 
 
-def list_videos(folder: str | Path) -> tuple[list[tuple[Path, int]], list[str]]:
-    """Videos under `folder` (recursive, sorted) with labels and label names.
+def list_videos(folder: str | Path, *, images: bool = False) -> tuple[list[tuple[Path, int]], list[str]]:
+    """Videos (and with `images` also image files) under `folder` (recursive, sorted) with labels and label
+    names.
 
-    When every video sits inside a subfolder, the top-level subfolder names (sorted) are the classes and a
-    video's label is its class index; otherwise every label is -1 and there are no names.
+    When every file sits inside a subfolder, the top-level subfolder names (sorted) are the classes and a
+    file's label is its class index; otherwise every label is -1 and there are no names.
     """
     root = Path(folder)
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    exts = VIDEO_EXTENSIONS + (IMAGE_EXTENSIONS if images else ())
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts)
     rel = [p.relative_to(root) for p in paths]
     if rel and all(len(r.parts) >= 2 for r in rel):
         names = sorted({r.parts[0] for r in rel})
@@ -223,12 +232,18 @@ def _split_name(name: str) -> tuple[str, str] | None:
     return (m.group(1), m.group(2).lower()) if m else None
 
 
-def _entry_from_members(shard_name: str, key: str, members: dict[str, Member]) -> SampleEntry:
+def _entry_from_members(
+    shard_name: str, key: str, members: dict[str, Member], images: bool = False
+) -> SampleEntry:
+    """A tar sample: its video member, else (in an image source) its image member."""
     videos = [ext for ext in members if ext.rsplit(".", 1)[-1] in _VIDEO_EXTS]
+    pictures = [ext for ext in members if ext.rsplit(".", 1)[-1] in _IMAGE_EXTS] if images else []
+    chosen = (videos or pictures or [None])[0]
     entry = SampleEntry(
         key=f"{shard_name}/{key}",
-        video=members[videos[0]] if videos else None,
+        video=members[chosen] if chosen is not None else None,
         members=",".join(sorted(members)),
+        image=not videos and bool(pictures),
     )
     for fmt in ("cls", "json"):
         if fmt in members:
@@ -237,7 +252,7 @@ def _entry_from_members(shard_name: str, key: str, members: dict[str, Member]) -
     return entry
 
 
-def index_tar(path: str, key: str) -> Unit:
+def index_tar(path: str, key: str, *, images: bool = False) -> Unit:
     """Reads a shard's member headers (not their data) and groups members by sample key.
 
     Members of one key need not be adjacent (GNU tar stores a folder in directory order, not sorted);
@@ -267,7 +282,7 @@ def index_tar(path: str, key: str) -> Unit:
                 groups.setdefault(split[0], {})[split[1]] = Member(info.offset_data, info.size)
         except tarfile.TarError as err:
             log.warning("shard %s is damaged after %d samples (%s); reading those", path, len(groups), err)
-    entries = [_entry_from_members(shard_name, k, members) for k, members in groups.items()]
+    entries = [_entry_from_members(shard_name, k, members, images) for k, members in groups.items()]
     return Unit(shard=path, tar=path, samples=entries)
 
 
@@ -275,17 +290,18 @@ def _file_units(items: list[tuple[Path, int]], shard: str, root: Path | None) ->
     units = []
     for path, label in items:
         key = str(path.relative_to(root)) if root is not None else str(path)
-        units.append(
-            Unit(shard=shard, tar=None, samples=[SampleEntry(key=key, video=str(path), label=label)])
-        )
+        image = path.suffix.lower() in IMAGE_EXTENSIONS
+        entry = SampleEntry(key=key, video=str(path), label=label, image=image)
+        units.append(Unit(shard=shard, tar=None, samples=[entry]))
     return units
 
 
-def load_source(cfg: SourceConfig, key: str) -> Source:
-    """Enumerates one source's units; errors name `key` (e.g. `data.sources.0`)."""
+def load_source(cfg: SourceConfig, key: str, *, images: bool = False, index: int = 0) -> Source:
+    """Enumerates one source's units (also its image files with `images`: an image source); errors name
+    `key` (e.g. `data.sources.0`). `index`: the source's place in data.sources."""
     kind = _resolve_kind(cfg)
     if kind == "shards":
-        units = [index_tar(p, f"{key}.path") for p in shard_paths(cfg.path, f"{key}.path")]
+        units = [index_tar(p, f"{key}.path", images=images) for p in shard_paths(cfg.path, f"{key}.path")]
         units = [u for u in units if u.samples]
     elif kind == "csv":
         if not os.path.isfile(cfg.path):
@@ -300,18 +316,32 @@ def load_source(cfg: SourceConfig, key: str) -> Source:
     else:
         if not os.path.isdir(cfg.path):
             raise ValueError(f"{key}.path: folder {cfg.path!r} does not exist")
-        items, _ = list_videos(cfg.path)
+        items, _ = list_videos(cfg.path, images=images)
         units = _file_units(items, cfg.path, Path(cfg.path))
+    for unit in units:
+        unit.source = index
     source = Source(path=cfg.path, weight=cfg.weight, units=units)
     if source.num_samples == 0:
         raise ValueError(f"{key}.path: no samples found in {cfg.path!r} (kind {kind})")
     return source
 
 
-def load_sources(configs: list[SourceConfig], prefix: str = "data.sources") -> list[Source]:
+def load_sources(
+    configs: list[SourceConfig], prefix: str = "data.sources", *, default_frames: int | None = None
+) -> list[Source]:
+    """Every source's units; a source whose clips are 1 frame long (its own frames_per_clip, else
+    `default_frames`) is an image source."""
     if not configs:
         raise ValueError(f"{prefix}: at least one source is needed")
-    return [load_source(cfg, f"{prefix}.{i}") for i, cfg in enumerate(configs)]
+    return [
+        load_source(
+            cfg,
+            f"{prefix}.{i}",
+            images=(cfg.frames_per_clip if cfg.frames_per_clip is not None else default_frames) == 1,
+            index=i,
+        )
+        for i, cfg in enumerate(configs)
+    ]
 
 
 # ----------------------------------------------------------------------------- reading samples

@@ -343,6 +343,7 @@ class Config:
                 f"mask.{i}",
                 grid_from="data.frames_per_clip / model.tubelet_size, data.crop_size / model.patch_size",
             )
+        _check_source_lengths(self, grid)
         check(
             self.optim.cooldown_steps <= t.steps,
             "optim.cooldown_steps",
@@ -361,6 +362,24 @@ class Config:
                 check_backend("xformers", device)
             except ValueError as err:
                 raise ValueError(f"{err} (train.device={t.device})") from None
+
+
+def _check_source_lengths(cfg: Config, grid: tuple[int, int, int]) -> None:
+    """Sources of their own clip length: divisible by the tubelet (or 1, an image), and every mask
+    configuration fits their token grid."""
+    m, d = cfg.model, cfg.data
+    for i, source in enumerate(d.sources if d.dataset == "files" else []):
+        frames = d.source_frames(source)
+        if frames == d.frames_per_clip:
+            continue
+        key = f"data.sources.{i}.frames_per_clip"
+        check(
+            frames == 1 or frames % m.tubelet_size == 0,
+            key,
+            f"{frames} is not divisible by model.tubelet_size={m.tubelet_size} (1 is an image source)",
+        )
+        for k, spec in enumerate(cfg.mask):
+            spec.check_grid((max(1, frames // m.tubelet_size), *grid[1:]), f"mask.{k}", grid_from=key)
 
 
 def load_config(

@@ -9,8 +9,11 @@ reduced per configuration.
 `JepaModel` holds the trained pair (context encoder + predictor) in one module so that parallel wrappers
 (DDP, DeepSpeed) see a single model whose forward is this whole objective.
 
+Several clip lengths in one batch (images among them): one group per length, all in the same passes, each
+(length, configuration) pair with its own mask token and loss term.
+
 Shape legend: B batch, N grid tokens, Kc/Kt context/target tokens per sample (padded), Tc/Tt packed context/
-target rows of all configurations, M mask configurations, D encoder width.
+target rows of all configurations, M mask configurations, D encoder width; Bg/Tg/Ng per length group.
 """
 
 from __future__ import annotations
@@ -45,16 +48,24 @@ def packed_token_std(tokens: torch.Tensor) -> float:
     return float(tokens.float().std(dim=0).mean()) if tokens.shape[0] > 1 else 0.0
 
 
-def pack_masks(masks: list[MaskBatch]) -> PackedMasks:
+def pack_masks(
+    masks: list[MaskBatch] | list[list[MaskBatch]], groups: list[int] | None = None
+) -> PackedMasks:
     """(context, target) sets of every configuration k and sample i packed, sequence k*B + i; rows of
-    configuration k carry group k."""
-    context = PackedIndex.cat(
-        [PackedIndex.from_padded(m.context_idx, m.context_valid, k) for k, m in enumerate(masks)]
-    )
-    target = PackedIndex.cat(
-        [PackedIndex.from_padded(m.target_idx, m.target_valid, k) for k, m in enumerate(masks)]
-    )
-    return PackedMasks(context, target)
+    configuration k carry group k. Several clip lengths: masks[g][k] for length group g (its clips numbered
+    after those of the groups before it), sequences in (g, k, i) order, rows of (g, k) carry group
+    `groups[g] * M + k` (`groups`: each group's index among the run's clip lengths, default 0, 1, ...)."""
+    nested = [masks] if masks and isinstance(masks[0], MaskBatch) else masks
+    lengths = list(range(len(nested))) if groups is None else groups
+    contexts, targets, offset = [], [], 0
+    for g, group_masks in enumerate(nested):
+        m_count = len(group_masks)
+        for k, m in enumerate(group_masks):
+            token = lengths[g] * m_count + k
+            contexts.append(PackedIndex.from_padded(m.context_idx, m.context_valid, token, offset))
+            targets.append(PackedIndex.from_padded(m.target_idx, m.target_valid, token, offset))
+        offset += group_masks[0].batch_size
+    return PackedMasks(PackedIndex.cat(contexts), PackedIndex.cat(targets))
 
 
 @torch.no_grad()
@@ -67,59 +78,93 @@ def target_features(target_encoder: nn.Module, clips: torch.Tensor) -> torch.Ten
 def jepa_loss(
     encoder: nn.Module,
     predictor: nn.Module,
-    targets: torch.Tensor,
-    clips: torch.Tensor,
-    masks: list[MaskBatch],
+    targets: torch.Tensor | list[torch.Tensor],
+    clips: torch.Tensor | list[torch.Tensor],
+    masks: list[MaskBatch] | list[list[MaskBatch]],
+    clip_lengths: tuple[int, ...] | None = None,
 ) -> JepaOutput:
     """clips [B, C, T, H, W] float (normalised); targets [B, N, D] from `target_features`; one MaskBatch per
-    mask configuration (its position selects the predictor's mask token)."""
-    if not masks:
+    mask configuration (its position selects the predictor's mask token).
+
+    A batch of several clip lengths passes lists, one entry per length group: clips[g] [Bg, C, Tg, H, W],
+    targets[g] [Bg, Ng, D], masks[g] (one MaskBatch per configuration); every group and configuration runs in
+    the same encoder and predictor pass. `clip_lengths` (the run's lengths, data.clip_lengths() order) maps
+    length Tg to its index l, and (l, k) selects mask token l * M + k. The loss is the mean over the (length,
+    configuration) pairs present of each pair's token-weighted mean."""
+    if isinstance(clips, torch.Tensor):
+        clips, targets, masks = [clips], [targets], [masks]  # type: ignore[list-item]
+    if not masks or not masks[0]:
         raise ValueError("jepa_loss needs at least one mask configuration")
-    if len(masks) > len(predictor.mask_tokens):
-        raise ValueError(f"{len(masks)} mask configurations for {len(predictor.mask_tokens)} mask tokens")
-    packed = pack_masks(masks)
+    m_count = len(masks[0])
+    if clip_lengths is None:
+        index = list(range(len(clips)))
+    else:
+        index = [clip_lengths.index(int(c.shape[2])) for c in clips]
+    if (max(index) + 1) * m_count > len(predictor.mask_tokens):
+        raise ValueError(
+            f"{m_count} mask configurations x {max(index) + 1} clip lengths for {len(predictor.mask_tokens)} "
+            "mask tokens"
+        )
+    packed = pack_masks(masks, index)
     target = packed.target
     # Through __call__ (not a helper method): ZeRO-3 gathers a module's parameters in its forward hooks.
-    z = encoder(clips, packed=packed.context)  # [Tc, D], every configuration at once
+    z = encoder(clips if len(clips) > 1 else clips[0], packed=packed.context)  # [Tc, D], all at once
     pred = predictor(z, packed=packed)  # [Tt, D]
-    target_h = target.gather(targets)  # [Tt, D]
+    target_h = target.gather(targets if len(targets) > 1 else targets[0])  # [Tt, D]
     err = (pred.float() - target_h.float()).abs().mean(dim=-1)  # [Tt]
-    groups = len(masks)
-    sums = err.new_zeros(groups).index_add(0, target.group, err)  # [M]
-    counts = torch.bincount(target.group, minlength=groups).to(err.dtype)  # [M]
-    losses = sums / counts.clamp_min(1.0)  # [M]: token-weighted mean within each configuration
+    tokens = len(predictor.mask_tokens)
+    sums = err.new_zeros(tokens).index_add(0, target.group, err)  # [mask tokens]
+    counts = torch.bincount(target.group, minlength=tokens).to(err.dtype)
+    present = [index[g] * m_count + k for g in range(len(clips)) for k in range(m_count)]
+    losses = (sums / counts.clamp_min(1.0))[present]  # [pairs]: token-weighted mean within each pair
     pred_rows, target_rows = pred.detach(), target_h
     pred_std = target_std = 0.0
-    predictions = []
-    start, b = 0, clips.shape[0]
+    predictions, valid = [], []
+    start, seq = 0, 0
     with torch.no_grad():
-        for k, m in enumerate(masks):  # configuration k: sequences k*B ... k*B + B - 1, contiguous rows
-            rows = slice(start, start + sum(target.layout.lengths[k * b : (k + 1) * b]))
-            start = rows.stop
-            pred_std += packed_token_std(pred_rows[rows]) / groups
-            target_std += packed_token_std(target_rows[rows]) / groups
-            predictions.append(unpack(pred_rows[rows], m.target_valid, m.batch_size))
+        for g, group_masks in enumerate(
+            masks
+        ):  # pair (g, k): sequences seq ... seq + Bg - 1, contiguous rows
+            for m in group_masks:
+                b = m.batch_size
+                rows = slice(start, start + sum(target.layout.lengths[seq : seq + b]))
+                start, seq = rows.stop, seq + b
+                pred_std += packed_token_std(pred_rows[rows]) / len(present)
+                target_std += packed_token_std(target_rows[rows]) / len(present)
+                if g == 0:
+                    predictions.append(unpack(pred_rows[rows], m.target_valid, b))
+                    valid.append(m.target_valid)
+    per_mask = losses.detach().reshape(len(clips), m_count).mean(dim=0)  # [M]: mean over the lengths
     return JepaOutput(
         loss=losses.mean(),
-        loss_per_mask=losses.detach().tolist(),
+        loss_per_mask=per_mask.tolist(),
         target_std=target_std,
         pred_std=pred_std,
         predictions=predictions,
-        prediction_valid=[m.target_valid for m in masks],
+        prediction_valid=valid,
     )
 
 
 class JepaModel(nn.Module):
     """Context encoder + predictor; `forward` is the JEPA loss for one batch."""
 
-    def __init__(self, encoder: nn.Module, predictor: nn.Module) -> None:
+    def __init__(
+        self, encoder: nn.Module, predictor: nn.Module, clip_lengths: tuple[int, ...] | None = None
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.predictor = predictor
+        self.clip_lengths = clip_lengths  # a run of several clip lengths: data.clip_lengths()
 
-    def forward(self, clips: torch.Tensor, masks: list[MaskBatch], targets: torch.Tensor) -> JepaOutput:
-        """clips [B, C, T, H, W] normalised; targets [B, N, D] from `target_features`."""
-        return jepa_loss(self.encoder, self.predictor, targets, clips, masks)
+    def forward(
+        self,
+        clips: torch.Tensor | list[torch.Tensor],
+        masks: list[MaskBatch] | list[list[MaskBatch]],
+        targets: torch.Tensor | list[torch.Tensor],
+    ) -> JepaOutput:
+        """clips [B, C, T, H, W] normalised; targets [B, N, D] from `target_features`; or lists of them, one
+        per clip length (see `jepa_loss`)."""
+        return jepa_loss(self.encoder, self.predictor, targets, clips, masks, self.clip_lengths)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names (in this module) that AdamW must not decay besides the 1-D ones."""

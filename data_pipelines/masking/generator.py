@@ -55,10 +55,20 @@ class MaskGenerator:
 
     A resumed run therefore draws exactly the masks an uninterrupted one would, and ranks and data-loader
     workers draw independent masks.
+
+    Runs of several clip lengths pass `frames=T`: the masks are drawn on that length's grid (T / tubelet
+    time steps; one for an image, T = 1), with a stream of their own per length (the built grid's length
+    draws exactly what a one-length run draws).
     """
 
     def __init__(
-        self, specs: list[MaskSpec], *, grid: tuple[int, int, int], seed: int, rank: int = 0
+        self,
+        specs: list[MaskSpec],
+        *,
+        grid: tuple[int, int, int],
+        seed: int,
+        rank: int = 0,
+        tubelet: int | None = None,
     ) -> None:
         for i, spec in enumerate(specs):
             spec.validate(f"mask.{i}")
@@ -66,10 +76,25 @@ class MaskGenerator:
         self.grid = check_grid(grid)
         self.seed = seed
         self.rank = rank
+        self.tubelet = tubelet  # frames per time token: needed for `frames=`
 
-    def generator_for(self, *, worker: int, step: int) -> torch.Generator:
-        return torch.Generator().manual_seed(mix_seed(self.seed, self.rank, worker, step))
+    def grid_for(self, frames: int) -> tuple[int, int, int]:
+        """The token grid of a clip of `frames` frames (an image, 1 frame, is one tubelet)."""
+        if self.tubelet is None:
+            raise ValueError("MaskGenerator: masks per clip length need the tubelet size (tubelet=)")
+        if frames != 1 and frames % self.tubelet:
+            raise ValueError(f"a clip of {frames} frames is not divisible by tubelet {self.tubelet}")
+        return check_grid((max(1, frames // self.tubelet), self.grid[1], self.grid[2]))
 
-    def __call__(self, batch_size: int, *, worker: int, step: int) -> list[MaskBatch]:
-        generator = self.generator_for(worker=worker, step=step)
-        return draw_masks(self.specs, grid=self.grid, batch_size=batch_size, generator=generator)
+    def generator_for(self, *, worker: int, step: int, time_steps: int | None = None) -> torch.Generator:
+        parts = (self.seed, self.rank, worker, step)
+        if time_steps is not None and time_steps != self.grid[0]:
+            parts = (*parts, time_steps)  # another clip length: an independent stream
+        return torch.Generator().manual_seed(mix_seed(*parts))
+
+    def __call__(
+        self, batch_size: int, *, worker: int, step: int, frames: int | None = None
+    ) -> list[MaskBatch]:
+        grid = self.grid if frames is None else self.grid_for(frames)
+        generator = self.generator_for(worker=worker, step=step, time_steps=grid[0])
+        return draw_masks(self.specs, grid=grid, batch_size=batch_size, generator=generator)

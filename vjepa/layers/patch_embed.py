@@ -1,4 +1,9 @@
-"""Tubelet embedding: one Conv3d with kernel = stride = (tubelet, patch, patch), tokens in time-major order."""
+"""Tubelet embedding: one Conv3d with kernel = stride = (tubelet, patch, patch), tokens in time-major order.
+
+An image (a 1-frame clip) is repeated to one tubelet, as the published V-JEPA code feeds images to its video
+encoders: its tokens are those of a still clip (the same as a 2-D patch embedding whose kernel is the 3-D
+kernel summed over time), so images need no parameters of their own and published checkpoints apply.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ class TubeletEmbed(nn.Module):
         )
 
     def grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        if frames == 1:  # an image: one tubelet
+            frames = self.tubelet
         if frames % self.tubelet or height % self.patch or width % self.patch:
             raise ValueError(
                 f"clip {frames}x{height}x{width} is not divisible by tubelet {self.tubelet} x patch {self.patch}"
@@ -29,5 +36,8 @@ class TubeletEmbed(nn.Module):
         return frames // self.tubelet, height // self.patch, width // self.patch
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        """clips [B, C, T, H, W] -> tokens [B, N, D] with N = Tp*Hp*Wp (index = t*Hp*Wp + h*Wp + w)."""
+        """clips [B, C, T, H, W] -> tokens [B, N, D] with N = Tp*Hp*Wp (index = t*Hp*Wp + h*Wp + w); T = 1 (an
+        image) gives Tp = 1."""
+        if clips.shape[2] == 1 and self.tubelet > 1:
+            clips = clips.expand(-1, -1, self.tubelet, -1, -1)  # [B, C, tubelet, H, W], the frame repeated
         return self.proj(clips).flatten(2).transpose(1, 2)

@@ -113,9 +113,13 @@ class VisionTransformer3D(nn.Module):
         return {n for n, _ in self.named_parameters() if n == "pos_embed"}
 
     def positions(self, grid: tuple[int, int, int]) -> torch.Tensor:
-        """The additive table for `grid` [1, N, D]; trilinear interpolation when it differs from the built one."""
+        """The additive table for `grid` [1, N, D]. A shorter clip of the built frame size (an image, or a
+        source of shorter clips) takes the table's first time steps: the sin-cos rows of its own positions,
+        as in a model built for it and as RoPE sees them. Another frame size: trilinear interpolation."""
         if tuple(grid) == self.grid:
             return self.pos_embed
+        if tuple(grid[1:]) == self.grid[1:] and grid[0] <= self.grid[0]:
+            return self.pos_embed[:, : grid[0] * grid[1] * grid[2]]  # time-major: a prefix of the rows
         table = self.pos_embed.reshape(1, *self.grid, self.width).permute(0, 4, 1, 2, 3)  # [1, D, Tp, Hp, Wp]
         table = F.interpolate(table.float(), size=tuple(grid), mode="trilinear", align_corners=False)
         return table.permute(0, 2, 3, 4, 1).flatten(1, 3).to(self.pos_embed.dtype)
@@ -128,10 +132,19 @@ class VisionTransformer3D(nn.Module):
             x = x + self.positions(grid).to(x.dtype)
         return x, grid
 
-    def _forward_packed(self, clips: torch.Tensor, context: PackedIndex) -> torch.Tensor:
+    def _forward_packed(self, clips: torch.Tensor | list[torch.Tensor], context: PackedIndex) -> torch.Tensor:
         """The encoder on packed context sets (any number of mask configurations; the patch embedding of a
-        clip is computed once for all of them): clips [B, C, T, H, W] -> [Tc, D]."""
-        tokens, grid = self.embed(clips)  # [B, N, D]
+        clip is computed once for all of them): clips [B, C, T, H, W], or one such batch per clip length
+        (same H, W; clips numbered across them) -> [Tc, D]."""
+        if isinstance(clips, torch.Tensor):
+            tokens, grid = self.embed(clips)  # [B, N, D]
+        else:
+            embedded = [self.embed(c) for c in clips]  # ([Bg, Ng, D], grid) per length
+            tokens, grid = [t for t, _ in embedded], embedded[0][1]
+            if len({g[1:] for _, g in embedded}) > 1:
+                raise ValueError(
+                    f"clips of one batch need one frame size, got grids {[g for _, g in embedded]}"
+                )
         x = context.gather(tokens)  # [Tc, D]
         coords = token_coords(context.token, grid) if self.use_rope else None  # [Tc, 3]
         x = run_blocks(self.blocks, x, coords, context.layout, self.grad_ckpt)
@@ -139,16 +152,19 @@ class VisionTransformer3D(nn.Module):
 
     def forward(
         self,
-        clips: torch.Tensor,
+        clips: torch.Tensor | list[torch.Tensor],
         context_idx: torch.Tensor | None = None,
         context_valid: torch.Tensor | None = None,
         *,
         packed: PackedIndex | None = None,
     ) -> torch.Tensor:
         """clips [B, C, T, H, W] -> [B, N, D]; or [B, K, D] at `context_idx` [B, K] (zeros on padding rows;
-        context_valid None: every row is real); or, with `packed`, the packed context rows [Tc, D]."""
+        context_valid None: every row is real); or, with `packed`, the packed context rows [Tc, D] (clips may then
+        be a list of batches of several clip lengths)."""
         if packed is not None:
             return self._forward_packed(clips, packed)
+        if not isinstance(clips, torch.Tensor):
+            raise TypeError("a list of clip batches (several clip lengths) needs packed context sets")
         if context_idx is not None:
             context = PackedIndex.from_padded(context_idx, context_valid)
             z = self._forward_packed(clips, context)  # [Tc, D]

@@ -28,13 +28,16 @@ class PackedIndex:
         return self.layout.total
 
     @staticmethod
-    def from_padded(idx: torch.Tensor, valid: torch.Tensor | None, group: int = 0) -> PackedIndex:
+    def from_padded(
+        idx: torch.Tensor, valid: torch.Tensor | None, group: int = 0, sample_offset: int = 0
+    ) -> PackedIndex:
         """One sequence per sample from padded sets idx [B, K] (valid [B, K], None: every row is real); rows
-        in row-major order, as `x[valid]` takes them."""
+        in row-major order, as `x[valid]` takes them. Sample i is clip `sample_offset + i` (a batch of several
+        clip lengths numbers its clips across its groups, see `flat_tokens`)."""
         b, k = idx.shape
         if valid is None:
             valid = torch.ones_like(idx, dtype=torch.bool)
-        sample = torch.arange(b, device=idx.device)[:, None].expand(b, k)  # [B, K]
+        sample = sample_offset + torch.arange(b, device=idx.device)[:, None].expand(b, k)  # [B, K]
         lengths = tuple(int(n) for n in valid.sum(dim=1).tolist())
         return PackedIndex(
             sample=sample[valid],
@@ -59,10 +62,23 @@ class PackedIndex:
         """Row indices into a [B*N, D] view of per-clip token grids -> [T] int64."""
         return self.sample * num_tokens + self.token
 
-    def gather(self, grid_tokens: torch.Tensor) -> torch.Tensor:
-        """grid_tokens [B, N, D] -> packed rows [T, D]."""
-        b, n, d = grid_tokens.shape
-        return grid_tokens.reshape(b * n, d).index_select(0, self.flat(n))  # [T, D]
+    def gather(self, grid_tokens: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """grid_tokens [B, N, D], or one [Bg, Ng, D] per clip length (clips numbered across the groups in
+        order) -> packed rows [T, D]."""
+        if isinstance(grid_tokens, torch.Tensor):
+            b, n, d = grid_tokens.shape
+            return grid_tokens.reshape(b * n, d).index_select(0, self.flat(n))  # [T, D]
+        rows, first = flat_tokens(grid_tokens)  # [R, D], [S]
+        return rows.index_select(0, first.index_select(0, self.sample) + self.token)  # [T, D]
+
+
+def flat_tokens(groups: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token grids of several clip lengths [Bg, Ng, D] -> (every token as one row [R, D], R = sum Bg*Ng;
+    the row of each clip's first token [S] int64, clips numbered across the groups in order)."""
+    rows = torch.cat([g.flatten(0, 1) for g in groups])  # [R, D]
+    sizes = torch.tensor([g.shape[1] for g in groups for _ in range(g.shape[0])], device=rows.device)
+    first = torch.cumsum(sizes, 0) - sizes  # [S]
+    return rows, first
 
 
 @dataclass(eq=False)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from data_pipelines import BatchStream, MaskGenerator, VideoBatch, build_train_stream, normalize
+from data_pipelines import BatchStream, MaskGenerator, MixedBatch, VideoBatch, build_train_stream, normalize
 from vjepa.checkpoint import (
     CheckpointManager,
     RunFolder,
@@ -75,7 +75,7 @@ def autocast_for(precision: str, device: torch.device):
 
 def train_step(
     engine: Engine,
-    batch: VideoBatch,
+    batch: VideoBatch | MixedBatch,
     step: int,
     cfg: Config,
     device: torch.device,
@@ -86,12 +86,15 @@ def train_step(
     """One V-JEPA update. A non-finite loss or gradient, or a loss above `max_loss` (a divergence, see
     LossGuard), skips the update on every rank."""
     values = values_at(step, cfg.optim, cfg.train.steps)
-    batch = batch.to(device, non_blocking=True)
-    clips = normalize(batch.clips)  # [B, C, T, H, W] float, ImageNet mean/std
+    groups = batch.to(device, non_blocking=True).groups()  # one per clip length (a MixedBatch has several)
+    clips = [normalize(g.clips) for g in groups]  # [B, C, T, H, W] float each, ImageNet mean/std
     with autocast_for(cfg.train.precision, device):
-        targets = target_features(engine.target.module, clips)  # [B, N, D] layer-normed, no grad
-        out = engine.model(clips, batch.masks, targets)  # JepaModel.forward: objective.jepa_loss
-    monitors = collapse_monitors(targets, out) if monitor else {}
+        targets = [target_features(engine.target.module, c) for c in clips]  # [B, N, D] layer-normed, no grad
+        masks = [g.masks for g in groups]
+        if len(groups) == 1:
+            clips, targets, masks = clips[0], targets[0], masks[0]
+        out = engine.model(clips, masks, targets)  # JepaModel.forward: objective.jepa_loss
+    monitors = collapse_monitors(targets if len(groups) == 1 else targets[0], out) if monitor else {}
 
     def skipped(loss: float, grad_norm: float) -> StepResult:
         return StepResult(
@@ -169,7 +172,10 @@ def collapse_monitors(targets: torch.Tensor, out) -> dict[str, float]:
 
 
 def build_models(cfg: Config, device: torch.device) -> JepaModel:
+    """Encoder and predictor for the run's longest clip (data.frames_per_clip); with several clip lengths
+    the predictor has one mask token per (length, mask configuration)."""
     m, d = cfg.model, cfg.data
+    lengths = d.clip_lengths()
     common = dict(
         frames=d.frames_per_clip,
         crop=d.crop_size,
@@ -186,11 +192,11 @@ def build_models(cfg: Config, device: torch.device) -> JepaModel:
         width=m.pred_width,
         depth=m.pred_depth,
         heads=m.pred_heads,
-        num_mask_tokens=len(cfg.mask),
+        num_mask_tokens=len(cfg.mask) * len(lengths),
         device=device,
         **common,
     )
-    return JepaModel(encoder, predictor)
+    return JepaModel(encoder, predictor, tuple(lengths) if len(lengths) > 1 else None)
 
 
 def environment_info(env: DistEnv) -> dict:
@@ -303,7 +309,9 @@ def build_run(cfg: Config) -> Run:
         patch=cfg.model.patch_size,
         tubelet=cfg.model.tubelet_size,
     )
-    masks = MaskGenerator(cfg.mask, grid=grid, seed=cfg.train.seed, rank=env.rank)
+    masks = MaskGenerator(
+        cfg.mask, grid=grid, seed=cfg.train.seed, rank=env.rank, tubelet=cfg.model.tubelet_size
+    )
     data = build_train_stream(
         cfg.data, mask_generator=masks, seed=cfg.train.seed, rank=env.rank, world_size=env.world_size
     )
@@ -456,7 +464,7 @@ def stop_requested(run: Run, signals: StopSignals) -> bool:
 
 
 def step_metrics(
-    result: StepResult, batch: VideoBatch, run: Run, skipped: int, wait_s: float, total_s: float
+    result: StepResult, batch: VideoBatch | MixedBatch, run: Run, skipped: int, wait_s: float, total_s: float
 ) -> dict[str, float]:
     values, total_s = result.values, max(total_s, 1e-9)
     return {
@@ -469,7 +477,7 @@ def step_metrics(
         "target_std": result.target_std,
         "pred_std": result.pred_std,
         **result.monitors,
-        "clips_per_s": batch.clips.shape[0] * run.env.world_size / total_s,
+        "clips_per_s": batch.num_clips * run.env.world_size / total_s,
         "data_wait": wait_s / total_s,
         "skipped_steps": skipped,
         "data_skipped": run.data.stats()["skipped"],  # undecodable videos so far on this rank

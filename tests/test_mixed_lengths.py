@@ -1,0 +1,190 @@
+"""Several clip lengths and images in one run: sources with their own frames per clip, image sources
+(1-frame clips), batches of one group per length with masks per length, one encoder and predictor pass
+for all of them, a mask token per (length, mask configuration), and exact resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tiny import TINY_RUN
+from PIL import Image
+
+from data_pipelines import MaskGenerator, MixedBatch, build_train_stream, normalize, write_synthetic_dataset
+from vjepa.config import load_config
+from vjepa.models.builder import token_grid
+from vjepa.objective import jepa_loss, target_features
+
+TINY = [o for o in TINY_RUN if not o.startswith("data.")]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Video shards (16-frame rendered clips) and a folder of PNG and JPEG images in two classes, one of
+    them not an image at all."""
+    root = tmp_path_factory.mktemp("mixed")
+    write_synthetic_dataset(root / "vid", videos=8, val_videos=2, frames=16, size=48, shard_size=4, workers=1)
+    g = torch.Generator().manual_seed(0)
+    for c in range(2):
+        folder = root / "img" / f"class{c}"
+        folder.mkdir(parents=True)
+        for i in range(3):
+            pixels = torch.randint(0, 255, (40, 56, 3), dtype=torch.uint8, generator=g).numpy()
+            Image.fromarray(pixels).save(folder / f"im{i}.{'png' if i % 2 else 'jpg'}")
+    (root / "img" / "class0" / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+def mixed_config(data: Path, tmp_path: Path, *extra: str, lengths=(2, 1)):
+    sources = [{"path": str(data / "vid" / "train")}]
+    for frames in lengths:
+        sources.append(
+            {"path": str(data / ("img" if frames == 1 else "vid/train")), "frames_per_clip": frames}
+        )
+    raw = {
+        "data": {
+            "dataset": "files",
+            "frames_per_clip": 4,
+            "crop_size": 64,
+            "batch_size": 6,
+            "num_workers": 0,
+            "resampled": True,
+            "sources": sources,
+        }
+    }
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "mixed.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_config(path, [*TINY, f"train.out_dir={tmp_path / 'run'}", *extra])
+
+
+def stream(cfg, seed: int = 0):
+    grid = token_grid(frames=4, crop=64, patch=16, tubelet=2)
+    masks = MaskGenerator(cfg.mask, grid=grid, seed=seed, tubelet=2)
+    return build_train_stream(cfg.data, mask_generator=masks, seed=seed)
+
+
+def test_batches_hold_one_group_per_length_with_masks_on_its_grid(data, tmp_path):
+    cfg = mixed_config(data, tmp_path)
+    assert cfg.data.clip_lengths() == [4, 2, 1]
+    s = stream(cfg)
+    it = iter(s)
+    seen: set[int] = set()
+    for _ in range(4):
+        batch = next(it)
+        assert isinstance(batch, MixedBatch) and batch.num_clips == 6
+        lengths = [g.clips.shape[2] for g in batch.groups()]
+        assert lengths == sorted(lengths, reverse=True)  # longest first
+        for g in batch.groups():
+            t = g.clips.shape[2]
+            seen.add(t)
+            n = max(1, t // 2) * 4 * 4  # its own token grid
+            assert len(g.masks) == 2
+            for m in g.masks:
+                assert m.batch_size == g.clips.shape[0]
+                assert int(m.target_idx.max()) < n and int(m.context_idx.max()) < n
+            if t == 1:  # images: the keys of the image folder
+                assert all(k.startswith("class") for k in g.keys)
+    assert seen == {4, 2, 1}
+    stats = s.stats()
+    assert stats["skipped"] == 1 and stats["skipped_by_shard"][str(data / "img")]["keys"] == [
+        "class0/broken.png"
+    ]
+
+
+def test_an_image_in_a_video_source_is_a_bad_sample(data, tmp_path):
+    cfg = mixed_config(data, tmp_path, lengths=(2,))
+    cfg.data.sources[1].path = str(data / "img")  # images in a source of 2-frame clips: all bad
+    cfg.data.sources[1].frames_per_clip = 2
+    with pytest.raises(ValueError, match="no samples found"):  # a video source lists no image files
+        next(iter(stream(cfg)))
+
+
+def test_config_errors_name_the_source_key(data, tmp_path):
+    with pytest.raises(
+        ValueError, match=r"data\.sources\.1\.frames_per_clip.*more than data\.frames_per_clip"
+    ):
+        mixed_config(data, tmp_path, lengths=(8,))
+    with pytest.raises(
+        ValueError, match=r"data\.sources\.1\.frames_per_clip.*not divisible by model\.tubelet"
+    ):
+        mixed_config(data, tmp_path, lengths=(3,))
+    with pytest.raises(ValueError, match=r"mask\.0.*future mask needs at least 2 time steps"):
+        mixed_config(data, tmp_path, "mask=[{kind: future}]", lengths=(1,))
+
+
+def tiny_models(cfg):
+    from vjepa.train.trainer import build_models
+
+    torch.manual_seed(0)
+    model = build_models(cfg, torch.device("cpu"))
+    for part in (model.encoder, model.predictor):
+        part.to_empty(device="cpu") if any(p.is_meta for p in part.parameters()) else None
+    return model
+
+
+def test_one_pass_equals_each_length_alone_and_uses_its_own_mask_tokens(data, tmp_path):
+    """The mixed batch's loss (one encoder and one predictor pass over every group) is the mean of the
+    (length, configuration) pair losses computed group by group; each length trains its own mask tokens."""
+    cfg = mixed_config(data, tmp_path)
+    model = tiny_models(cfg)
+    assert len(model.predictor.mask_tokens) == 2 * 3
+    with torch.no_grad():
+        for k, token in enumerate(model.predictor.mask_tokens):
+            token.normal_(generator=torch.Generator().manual_seed(k))  # distinct tokens: a mix-up shows
+    batch = next(iter(stream(cfg)))
+    groups = batch.groups()
+    assert len(groups) == 3
+    clips = [normalize(g.clips) for g in groups]
+    targets = [target_features(model.encoder, c) for c in clips]
+    lengths = tuple(cfg.data.clip_lengths())
+    out = jepa_loss(model.encoder, model.predictor, targets, clips, [g.masks for g in groups], lengths)
+    model.zero_grad()
+    out.loss.backward()
+    grads = [t.grad.abs().sum().item() for t in model.predictor.mask_tokens]
+    assert all(g > 0 for g in grads), grads  # every (length, configuration) token is used
+    alone = []
+    for g, c, t in zip(groups, clips, targets):
+        one = jepa_loss(model.encoder, model.predictor, [t], [c], [g.masks], lengths)
+        alone.extend(one.loss_per_mask)
+    torch.testing.assert_close(out.loss.detach(), torch.tensor(alone).mean(), rtol=1e-5, atol=1e-6)
+
+    # Without the images in the batch, their two tokens get no gradient.
+    model.zero_grad()
+    two = jepa_loss(
+        model.encoder, model.predictor, targets[:2], clips[:2], [g.masks for g in groups[:2]], lengths
+    )
+    two.loss.backward()
+    grads = [t.grad.abs().sum().item() if t.grad is not None else 0.0 for t in model.predictor.mask_tokens]
+    assert all(g > 0 for g in grads[:4]) and grads[4:] == [0.0, 0.0], grads
+
+
+def _final(run: Path, step: int) -> dict:
+    return torch.load(run / "checkpoints" / f"step_{step:08d}" / "model.pt", weights_only=True)
+
+
+def test_mixed_run_trains_and_resumes_exactly(data, tmp_path):
+    from vjepa.train.trainer import train
+
+    args = ["train.steps=6", "checkpoint.every_steps=3", "checkpoint.keep_last=5", "optim.warmup_steps=2"]
+    a = mixed_config(data, tmp_path / "a", *args)
+    summary = train(a)
+    assert summary.steps_run == 6 and summary.skipped_steps == 0
+    run_a = Path(a.train.out_dir)
+    rows = [json.loads(line) for line in (run_a / "log.jsonl").read_text().splitlines()]
+    assert all(r["loss"] == r["loss"] for r in rows)  # finite
+
+    b = mixed_config(data, tmp_path / "b", *args)
+    train(b)
+    run_b = Path(b.train.out_dir)
+    shutil.rmtree(run_b / "checkpoints" / "step_00000006")  # as if killed after the save at step 3
+    resumed = train(mixed_config(data, tmp_path / "b", *args))
+    assert resumed.start_step == 3 and resumed.steps_run == 3
+    sa, sb = _final(run_a, 6), _final(run_b, 6)
+    for part in ("encoder", "predictor", "target_encoder"):
+        for key, value in sa[part].items():
+            torch.testing.assert_close(sb[part][key], value, rtol=0, atol=1e-6, msg=f"{part}.{key}")
