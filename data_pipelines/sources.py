@@ -1,7 +1,8 @@
 """Where samples come from: tar shards, a CSV list or a folder of videos, enumerated into an index.
 
 This module is the one place that knows what a video file is called (`VIDEO_EXTENSIONS`; an image source
-also reads `IMAGE_EXTENSIONS`) and how a CSV list and a folder of videos are read; the shard writer uses the same listing to pack them.
+also reads `IMAGE_EXTENSIONS`) and how a CSV list and a folder of videos are read; the shard writer uses
+the same listing to pack them.
 
 Tar shards follow the webdataset layout: members grouped by key (the path up to the first dot of the base
 name), e.g. `KEY.mp4` + `KEY.json` (+ `KEY.cls`). Shards made by GNU `tar -cf` from a folder (`./KEY.mp4`,

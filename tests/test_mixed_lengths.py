@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny import TINY_RUN
 from PIL import Image
+from tiny import TINY_RUN
 
 from data_pipelines import MaskGenerator, MixedBatch, build_train_stream, normalize, write_synthetic_dataset
 from vjepa.config import load_config
