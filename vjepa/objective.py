@@ -15,13 +15,16 @@ target rows of all configurations, M mask configurations, D encoder width.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from data_pipelines import MaskBatch
+from vjepa.dense.levels import level_targets
+from vjepa.dense.loss import DenseLoss
 from vjepa.models.packing import PackedIndex, PackedMasks, unpack
 
 
@@ -33,6 +36,7 @@ class JepaOutput:
     pred_std: float  # std of the predictions across tokens
     predictions: list[torch.Tensor]  # per mask configuration, detached [B, Kt, D] (zeros on padding rows)
     prediction_valid: list[torch.Tensor]  # per mask configuration [B, Kt] bool
+    terms: dict[str, float] = field(default_factory=dict)  # loss.* terms (context_loss, context_weight)
 
 
 def masked_token_std(x: torch.Tensor, valid: torch.Tensor) -> float:
@@ -58,8 +62,13 @@ def pack_masks(masks: list[MaskBatch]) -> PackedMasks:
 
 
 @torch.no_grad()
-def target_features(target_encoder: nn.Module, clips: torch.Tensor) -> torch.Tensor:
-    """The EMA target on the full clip, layer-normed without affine -> [B, N, D]."""
+def target_features(
+    target_encoder: nn.Module, clips: torch.Tensor, levels: Sequence[int] = ()
+) -> torch.Tensor:
+    """The EMA target on the full clip, layer-normed without affine -> [B, N, D]; with `levels`
+    (loss.levels) those blocks' outputs, each layer-normed, side by side [B, N, L*D]."""
+    if levels:
+        return level_targets(target_encoder, clips, levels)
     h = target_encoder(clips)
     return F.layer_norm(h, (h.shape[-1],))
 
@@ -70,9 +79,11 @@ def jepa_loss(
     targets: torch.Tensor,
     clips: torch.Tensor,
     masks: list[MaskBatch],
+    dense: DenseLoss | None = None,
 ) -> JepaOutput:
     """clips [B, C, T, H, W] float (normalised); targets [B, N, D] from `target_features`; one MaskBatch per
-    mask configuration (its position selects the predictor's mask token)."""
+    mask configuration (its position selects the predictor's mask token). `dense`: the V-JEPA 2.1 terms
+    (vjepa/dense/loss.py; D is then L x the encoder width), None for the V-JEPA 1/2 loss."""
     if not masks:
         raise ValueError("jepa_loss needs at least one mask configuration")
     if len(masks) > len(predictor.mask_tokens):
@@ -81,7 +92,12 @@ def jepa_loss(
     target = packed.target
     # Through __call__ (not a helper method): ZeRO-3 gathers a module's parameters in its forward hooks.
     z = encoder(clips, packed=packed.context)  # [Tc, D], every configuration at once
-    pred = predictor(z, packed=packed)  # [Tt, D]
+    extra = None
+    if dense is None:
+        pred = predictor(z, packed=packed)  # [Tt, D]
+    else:  # loss.* switches: several levels, normalised predictions, the context term
+        grid = encoder.patch_embed.grid(*clips.shape[2:])
+        pred, extra = dense(predictor, z, packed, targets, grid, groups=len(masks))  # [Tt, D]
     target_h = target.gather(targets)  # [Tt, D]
     err = (pred.float() - target_h.float()).abs().mean(dim=-1)  # [Tt]
     groups = len(masks)
@@ -100,26 +116,33 @@ def jepa_loss(
             target_std += packed_token_std(target_rows[rows]) / groups
             predictions.append(unpack(pred_rows[rows], m.target_valid, m.batch_size))
     return JepaOutput(
-        loss=losses.mean(),
+        loss=losses.mean() if extra is None else losses.mean() + extra.loss,
         loss_per_mask=losses.detach().tolist(),
         target_std=target_std,
         pred_std=pred_std,
         predictions=predictions,
         prediction_valid=[m.target_valid for m in masks],
+        terms={} if extra is None else extra.metrics(),
     )
 
 
 class JepaModel(nn.Module):
-    """Context encoder + predictor; `forward` is the JEPA loss for one batch."""
+    """Context encoder + predictor; `forward` is the JEPA loss for one batch. `dense` (from the loss.*
+    config, `DenseLoss.from_config`) switches on the V-JEPA 2.1 terms."""
 
-    def __init__(self, encoder: nn.Module, predictor: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, predictor: nn.Module, dense: DenseLoss | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.predictor = predictor
+        self.dense = dense
 
-    def forward(self, clips: torch.Tensor, masks: list[MaskBatch], targets: torch.Tensor) -> JepaOutput:
-        """clips [B, C, T, H, W] normalised; targets [B, N, D] from `target_features`."""
-        return jepa_loss(self.encoder, self.predictor, targets, clips, masks)
+    def forward(
+        self, clips: torch.Tensor, masks: list[MaskBatch], targets: torch.Tensor, context_weight: float = 0.0
+    ) -> JepaOutput:
+        """clips [B, C, T, H, W] normalised; targets [B, N, D] from `target_features`; `context_weight`:
+        lambda of the context loss at this step (used only with a dense loss that has a context term)."""
+        dense = None if self.dense is None else self.dense.at(context_weight)
+        return jepa_loss(self.encoder, self.predictor, targets, clips, masks, dense)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names (in this module) that AdamW must not decay besides the 1-D ones."""
