@@ -188,3 +188,25 @@ def test_mixed_run_trains_and_resumes_exactly(data, tmp_path):
     for part in ("encoder", "predictor", "target_encoder"):
         for key, value in sa[part].items():
             torch.testing.assert_close(sb[part][key], value, rtol=0, atol=1e-6, msg=f"{part}.{key}")
+
+
+def test_dense_terms_on_a_mixed_batch_average_over_the_pairs_present(data, tmp_path):
+    """V-JEPA 2.1's context loss and levels on a batch of three lengths: the context term is the mean over
+    the (length, configuration) pairs present, as computing each length alone shows."""
+    from vjepa.dense.loss import DenseLoss
+
+    cfg = mixed_config(data, tmp_path, "loss.context_weight=0.5", "loss.levels=[0,1]")
+    model = tiny_models(cfg)
+    batch = next(iter(stream(cfg)))
+    groups = batch.groups()
+    clips = [normalize(g.clips) for g in groups]
+    targets = [target_features(model.encoder, c, [0, 1]) for c in clips]
+    dense = DenseLoss.from_config(cfg.loss).at(0.5)
+    lengths = tuple(cfg.data.clip_lengths())
+    out = jepa_loss(model.encoder, model.predictor, targets, clips, [g.masks for g in groups], lengths, dense)
+    assert targets[0].shape[-1] == 2 * 48 and out.terms["context_weight"] == 0.5
+    alone = [
+        jepa_loss(model.encoder, model.predictor, [t], [c], [g.masks], lengths, dense).terms["context_loss"]
+        for g, c, t in zip(groups, clips, targets)
+    ]
+    assert out.terms["context_loss"] == pytest.approx(sum(alone) / len(alone), rel=1e-5)

@@ -29,6 +29,7 @@ from vjepa.config_tree import find_config as find_config
 from vjepa.config_tree import from_dict as from_dict
 from vjepa.config_tree import load_tree
 from vjepa.config_tree import to_dict as to_dict
+from vjepa.dense.config import LossConfig, check_levels
 from vjepa.utils import DeviceName, atomic_write, resolve_device
 
 PosEmbed = Literal["sincos", "rope"]  # sincos: fixed 3D sin-cos (V-JEPA 1); rope: 3D rotary (V-JEPA 2)
@@ -300,6 +301,7 @@ class PeriodicEvalConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: list[MaskSpec] = field(default_factory=default_mask_specs)
+    loss: LossConfig = field(default_factory=LossConfig)  # V-JEPA 2.1's switches, vjepa/dense/config.py
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -326,6 +328,9 @@ class Config:
         for i, spec in enumerate(self.mask):
             spec.validate(f"mask.{i}")
         m, d, t = self.model, self.data, self.train
+        from vjepa.models.registry import get_size
+
+        check_levels(self.loss.levels, get_size(m.name).depth, "loss.levels")
         check(
             d.frames_per_clip % m.tubelet_size == 0,
             "data.frames_per_clip",

@@ -18,13 +18,16 @@ target rows of all configurations, M mask configurations, D encoder width; Bg/Tg
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from data_pipelines import MaskBatch
+from vjepa.dense.levels import level_targets
+from vjepa.dense.loss import DenseLoss
 from vjepa.models.packing import PackedIndex, PackedMasks, unpack
 
 
@@ -36,6 +39,7 @@ class JepaOutput:
     pred_std: float  # std of the predictions across tokens
     predictions: list[torch.Tensor]  # per mask configuration, detached [B, Kt, D] (zeros on padding rows)
     prediction_valid: list[torch.Tensor]  # per mask configuration [B, Kt] bool
+    terms: dict[str, float] = field(default_factory=dict)  # loss.* terms (context_loss, context_weight)
 
 
 def masked_token_std(x: torch.Tensor, valid: torch.Tensor) -> float:
@@ -69,8 +73,13 @@ def pack_masks(
 
 
 @torch.no_grad()
-def target_features(target_encoder: nn.Module, clips: torch.Tensor) -> torch.Tensor:
-    """The EMA target on the full clip, layer-normed without affine -> [B, N, D]."""
+def target_features(
+    target_encoder: nn.Module, clips: torch.Tensor, levels: Sequence[int] = ()
+) -> torch.Tensor:
+    """The EMA target on the full clip, layer-normed without affine -> [B, N, D]; with `levels`
+    (loss.levels) those blocks' outputs, each layer-normed, side by side [B, N, L*D]."""
+    if levels:
+        return level_targets(target_encoder, clips, levels)
     h = target_encoder(clips)
     return F.layer_norm(h, (h.shape[-1],))
 
@@ -82,9 +91,11 @@ def jepa_loss(
     clips: torch.Tensor | list[torch.Tensor],
     masks: list[MaskBatch] | list[list[MaskBatch]],
     clip_lengths: tuple[int, ...] | None = None,
+    dense: DenseLoss | None = None,
 ) -> JepaOutput:
     """clips [B, C, T, H, W] float (normalised); targets [B, N, D] from `target_features`; one MaskBatch per
-    mask configuration (its position selects the predictor's mask token).
+    mask configuration (its position selects the predictor's mask token). `dense`: the V-JEPA 2.1 terms
+    (vjepa/dense/loss.py; D is then L x the encoder width), None for the V-JEPA 1/2 loss.
 
     A batch of several clip lengths passes lists, one entry per length group: clips[g] [Bg, C, Tg, H, W],
     targets[g] [Bg, Ng, D], masks[g] (one MaskBatch per configuration); every group and configuration runs in
@@ -108,14 +119,20 @@ def jepa_loss(
     packed = pack_masks(masks, index)
     target = packed.target
     # Through __call__ (not a helper method): ZeRO-3 gathers a module's parameters in its forward hooks.
-    z = encoder(clips if len(clips) > 1 else clips[0], packed=packed.context)  # [Tc, D], all at once
-    pred = predictor(z, packed=packed)  # [Tt, D]
-    target_h = target.gather(targets if len(targets) > 1 else targets[0])  # [Tt, D]
-    err = (pred.float() - target_h.float()).abs().mean(dim=-1)  # [Tt]
+    one = len(clips) == 1
+    z = encoder(clips[0] if one else clips, packed=packed.context)  # [Tc, D], all at once
     tokens = len(predictor.mask_tokens)
+    present = [index[g] * m_count + k for g in range(len(clips)) for k in range(m_count)]
+    extra = None
+    if dense is None:
+        pred = predictor(z, packed=packed)  # [Tt, D]
+    else:  # loss.* switches: several levels, normalised predictions, the context term
+        grid = encoder.patch_embed.grid(*clips[0].shape[2:])  # token coordinates need only its Hp, Wp
+        pred, extra = dense(predictor, z, packed, targets[0] if one else targets, grid, tokens, present)
+    target_h = target.gather(targets[0] if one else targets)  # [Tt, D]
+    err = (pred.float() - target_h.float()).abs().mean(dim=-1)  # [Tt]
     sums = err.new_zeros(tokens).index_add(0, target.group, err)  # [mask tokens]
     counts = torch.bincount(target.group, minlength=tokens).to(err.dtype)
-    present = [index[g] * m_count + k for g in range(len(clips)) for k in range(m_count)]
     losses = (sums / counts.clamp_min(1.0))[present]  # [pairs]: token-weighted mean within each pair
     pred_rows, target_rows = pred.detach(), target_h
     pred_std = target_std = 0.0
@@ -136,24 +153,31 @@ def jepa_loss(
                     valid.append(m.target_valid)
     per_mask = losses.detach().reshape(len(clips), m_count).mean(dim=0)  # [M]: mean over the lengths
     return JepaOutput(
-        loss=losses.mean(),
+        loss=losses.mean() if extra is None else losses.mean() + extra.loss,
         loss_per_mask=per_mask.tolist(),
         target_std=target_std,
         pred_std=pred_std,
         predictions=predictions,
         prediction_valid=valid,
+        terms={} if extra is None else extra.metrics(),
     )
 
 
 class JepaModel(nn.Module):
-    """Context encoder + predictor; `forward` is the JEPA loss for one batch."""
+    """Context encoder + predictor; `forward` is the JEPA loss for one batch. `dense` (from the loss.*
+    config, `DenseLoss.from_config`) switches on the V-JEPA 2.1 terms."""
 
     def __init__(
-        self, encoder: nn.Module, predictor: nn.Module, clip_lengths: tuple[int, ...] | None = None
+        self,
+        encoder: nn.Module,
+        predictor: nn.Module,
+        dense: DenseLoss | None = None,
+        clip_lengths: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.predictor = predictor
+        self.dense = dense
         self.clip_lengths = clip_lengths  # a run of several clip lengths: data.clip_lengths()
 
     def forward(
@@ -161,10 +185,13 @@ class JepaModel(nn.Module):
         clips: torch.Tensor | list[torch.Tensor],
         masks: list[MaskBatch] | list[list[MaskBatch]],
         targets: torch.Tensor | list[torch.Tensor],
+        context_weight: float = 0.0,
     ) -> JepaOutput:
         """clips [B, C, T, H, W] normalised; targets [B, N, D] from `target_features`; or lists of them, one
-        per clip length (see `jepa_loss`)."""
-        return jepa_loss(self.encoder, self.predictor, targets, clips, masks, self.clip_lengths)
+        per clip length (see `jepa_loss`). `context_weight`: lambda of the context loss at this step (used
+        only with a dense loss that has a context term)."""
+        dense = None if self.dense is None else self.dense.at(context_weight)
+        return jepa_loss(self.encoder, self.predictor, targets, clips, masks, self.clip_lengths, dense)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names (in this module) that AdamW must not decay besides the 1-D ones."""

@@ -136,6 +136,8 @@ def predictor_from_state(
         depth=m.pred_depth,
         heads=m.pred_heads,
         num_mask_tokens=masks,
+        levels=cfg.loss.num_levels,  # a V-JEPA 2.1 predictor's heads (loss.levels, loss.context_weight)
+        context_head=cfg.loss.context_weight > 0,
         pos_embed=m.pos_embed,
         rope_layout=m.rope_layout,
         device="cpu",

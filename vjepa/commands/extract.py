@@ -32,6 +32,7 @@ FLAGS = {  # flag dest -> eval config key
     "batch": "extract.batch",
     "encoder": "extract.encoder",
     "pool": "extract.pool",
+    "levels": "extract.levels",
     "dtype": "extract.dtype",
     "part_size": "extract.part_size",
     "random_init": "extract.random_init",
@@ -66,6 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, help="clips per forward pass (default 32)")
     p.add_argument("--encoder", choices=("target", "context"), help="which encoder (default target)")
     p.add_argument("--pool", choices=("none", "mean"), help="keep all tokens or their mean (default none)")
+    p.add_argument(
+        "--levels", type=int, nargs="+", help="encoder blocks written side by side (default: the output only)"
+    )
     p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), help="on disk (default float16)")
     p.add_argument("--part-size", type=int, help="videos per part file (default 256)")
     p.add_argument("--random-init", action="store_true", default=None, help="random weights (a baseline)")
@@ -111,6 +115,13 @@ def frozen_encoder(cfg: EvalConfig, device: torch.device) -> tuple[nn.Module, Ev
         "random_init": x.random_init,
         "seed": x.seed,
     }
+    if x.levels:  # several blocks side by side (only then a key: older feature folders stay valid)
+        from vjepa.dense.config import check_levels
+        from vjepa.dense.levels import LevelFeatures
+
+        check_levels(x.levels, len(encoder.blocks), "extract.levels")
+        encoder = LevelFeatures(encoder, x.levels)
+        settings["levels"] = list(x.levels)
     return encoder, spec, settings
 
 

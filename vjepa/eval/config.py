@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vjepa.config import check_writable_folder, load_tree
+from vjepa.dense.config import check_levels
 
 __all__ = ["ClipSettings", "EvalConfig", "ExtractSettings", "ProbeSettings", "load_eval_config"]
 
@@ -47,6 +48,10 @@ class ExtractSettings:
     random_init: bool = False  # the same architecture with random weights (a baseline)
     seed: int = 0  # of the random weights
     pool: Literal["none", "mean"] = "none"  # keep every token, or their mean per clip
+    # encoder blocks (0-based, increasing) whose outputs are written side by side: features of width
+    # len(levels) x D (intermediate blocks layer-normed without affine, the last block as the encoder's
+    # output); empty: the encoder's output only
+    levels: list[int] = field(default_factory=list)
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # on disk
     part_size: int = 256  # videos per part file; a killed extraction redoes at most one part per rank
     batch: int = 32  # clips per forward pass
@@ -62,6 +67,7 @@ class ExtractSettings:
             raise ValueError(f"{prefix}.workers: must be >= 0, got {self.workers}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"{prefix}.device: auto, cpu or cuda, got {self.device!r}")
+        check_levels(self.levels, None, f"{prefix}.levels")
 
     def check_paths(self, prefix: str = "extract", *, out: bool = True) -> None:
         """The checkpoint and data exist and (with `out`) the output folder can be written."""

@@ -77,13 +77,16 @@ def build_predictor(
     depth: int = 12,
     heads: int = 16,
     num_mask_tokens: int = 2,
+    levels: int = 1,
+    context_head: bool = False,
     pos_embed: str = "sincos",
     rope_layout: str = "half",
     attention: str = "sdpa",
     grad_ckpt: bool = False,
     device: torch.device | str | None = None,
 ) -> Predictor:
-    """The narrow predictor for an encoder of width `embed_dim`, one mask token per mask configuration."""
+    """The narrow predictor for an encoder of width `embed_dim`, one mask token per mask configuration;
+    `levels` target levels per token and a `context_head` for V-JEPA 2.1's loss (vjepa/dense/)."""
     grid = token_grid(frames=frames, crop=crop, patch=patch, tubelet=tubelet)
     with torch.device("meta"):
         model = Predictor(
@@ -93,6 +96,8 @@ def build_predictor(
             heads=heads,
             grid=grid,
             num_mask_tokens=num_mask_tokens,
+            levels=levels,
+            context_head=context_head,
             pos_embed=pos_embed,
             rope_layout=rope_layout,
             attention=attention,

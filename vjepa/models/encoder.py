@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vjepa.dense.config import check_levels
 from vjepa.layers.block import Block
 from vjepa.layers.patch_embed import TubeletEmbed
 from vjepa.layers.pos_embed import grid_coords, sincos_3d
@@ -150,6 +151,23 @@ class VisionTransformer3D(nn.Module):
         x = run_blocks(self.blocks, x, coords, context.layout, self.grad_ckpt)
         return self.norm(x)
 
+    def _forward_levels(self, clips: torch.Tensor, levels: list[int]) -> list[torch.Tensor]:
+        """The full clip through the blocks up to the last of `levels` -> one [B, N, D] per level: an
+        intermediate block's output layer-normed without affine, the last block's through `self.norm`."""
+        if not levels:
+            raise ValueError("levels: give at least one block index")
+        check_levels(levels, len(self.blocks), "levels")
+        x, grid = self.embed(clips)  # [B, N, D]
+        coords = None
+        if self.use_rope:
+            coords = grid_coords(grid, device=x.device)[None].expand(x.shape[0], -1, -1)  # [B, N, 3]
+        outs, done = [], 0
+        for i in levels:
+            x = run_blocks(self.blocks[done : i + 1], x, coords, None, self.grad_ckpt)
+            done = i + 1
+            outs.append(self.norm(x) if i == len(self.blocks) - 1 else F.layer_norm(x, (x.shape[-1],)))
+        return outs
+
     def forward(
         self,
         clips: torch.Tensor | list[torch.Tensor],
@@ -157,10 +175,16 @@ class VisionTransformer3D(nn.Module):
         context_valid: torch.Tensor | None = None,
         *,
         packed: PackedIndex | None = None,
-    ) -> torch.Tensor:
+        levels: list[int] | None = None,
+    ) -> torch.Tensor | list[torch.Tensor]:
         """clips [B, C, T, H, W] -> [B, N, D]; or [B, K, D] at `context_idx` [B, K] (zeros on padding rows;
         context_valid None: every row is real); or, with `packed`, the packed context rows [Tc, D] (clips may then
-        be a list of batches of several clip lengths)."""
+        be a list of batches of several clip lengths). With `levels` (block indices, full clips only): a list of
+        [B, N, D], one per level (see _forward_levels)."""
+        if levels is not None:
+            if packed is not None or context_idx is not None:
+                raise ValueError("levels: only for full clips (no context_idx or packed)")
+            return self._forward_levels(clips, list(levels))
         if packed is not None:
             return self._forward_packed(clips, packed)
         if not isinstance(clips, torch.Tensor):

@@ -30,6 +30,8 @@ class Predictor(nn.Module):
         heads: int,
         grid: tuple[int, int, int],
         num_mask_tokens: int = 2,
+        levels: int = 1,
+        context_head: bool = False,
         mlp_ratio: float = 4.0,
         pos_embed: str = "sincos",
         rope_layout: str = "half",
@@ -62,7 +64,11 @@ class Predictor(nn.Module):
             for _ in range(depth)
         )
         self.predictor_norm = nn.LayerNorm(width, eps=1e-6, device=device, dtype=dtype)
-        self.predictor_proj = nn.Linear(width, embed_dim, device=device, dtype=dtype)
+        self.predictor_proj = nn.Linear(width, embed_dim * levels, device=device, dtype=dtype)
+        # V-JEPA 2.1's dense loss (loss.context_weight > 0): the context rows' own head, same outputs
+        self.predictor_proj_context = (
+            nn.Linear(width, embed_dim * levels, device=device, dtype=dtype) if context_head else None
+        )
 
     def reset_positions(self) -> None:
         if not self.use_rope:
@@ -84,8 +90,12 @@ class Predictor(nn.Module):
         }
 
     def _forward_packed(
-        self, context_tokens: torch.Tensor, context: PackedIndex, target: PackedIndex
-    ) -> torch.Tensor:
+        self,
+        context_tokens: torch.Tensor,
+        context: PackedIndex,
+        target: PackedIndex,
+        with_context: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Encoder output at the packed `context` rows [Tc, D] -> predictions at the packed `target` rows
         [Tt, D]; sequence s of `context` and of `target` are one sequence here, and each target row gets the
         mask token of its `group` (its mask configuration)."""
@@ -100,6 +110,10 @@ class Predictor(nn.Module):
         else:
             x = x + self.predictor_pos_embed[0].to(x.dtype).index_select(0, seqs.token)
         x = run_blocks(self.predictor_blocks, x, coords, seqs.layout, self.grad_ckpt)
+        if with_context:  # also the context rows, through their own head: [Tt, L*D], [Tc, L*D]
+            context_rows = torch.argsort(order)[: context.total]  # where each context row went
+            pred = self.predictor_proj(self.predictor_norm(x.index_select(0, target_rows)))
+            return pred, self.predictor_proj_context(self.predictor_norm(x.index_select(0, context_rows)))
         x = self.predictor_norm(x.index_select(0, target_rows))  # [Tt, P]
         return self.predictor_proj(x)  # [Tt, D]
 
@@ -113,12 +127,17 @@ class Predictor(nn.Module):
         target_valid: torch.Tensor | None = None,
         mask_index: int = 0,
         packed: PackedMasks | None = None,
-    ) -> torch.Tensor:
+        with_context: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """context [B, Kc, D] (encoder output at context_idx) -> predictions [B, Kt, D] at target_idx (zeros
         on padding rows; a valid mask of None: every row is real). With `packed`: context [Tc, D] at the
-        packed context rows -> predictions [Tt, D] at the packed target rows."""
+        packed context rows -> predictions [Tt, D] at the packed target rows; `with_context` (a predictor
+        built with context_head) also returns its predictions at the context rows [Tc, D]. D is the encoder
+        width times `levels`."""
+        if with_context and (packed is None or self.predictor_proj_context is None):
+            raise ValueError("with_context: needs packed sets and a predictor built with context_head=True")
         if packed is not None:
-            return self._forward_packed(context, packed.context, packed.target)
+            return self._forward_packed(context, packed.context, packed.target, with_context)
         if context_idx is None or target_idx is None:
             raise ValueError("the predictor needs context_idx and target_idx (or packed sets)")
         if not 0 <= mask_index < len(self.mask_tokens):

@@ -61,17 +61,21 @@ def step_flops(
     encoder: nn.Module,
     predictor: nn.Module,
     *,
-    batch: int,
-    grid_tokens: int,
+    batch: int = 0,
+    grid_tokens: int = 0,
     context_lengths: torch.Tensor,
     target_lengths: torch.Tensor,
+    groups: list[tuple[int, int]] | None = None,
 ) -> StepFlops:
-    """FLOPs of one step whose sequence s has context_lengths[s] context and target_lengths[s] target tokens."""
+    """FLOPs of one step whose sequence s has context_lengths[s] context and target_lengths[s] target tokens,
+    on `batch` clips of `grid_tokens` tokens, or on `groups` of (clips, grid tokens) of several clip lengths."""
     enc, pred = TowerShape.of(encoder.blocks), TowerShape.of(predictor.predictor_blocks)
     patch = encoder.patch_embed.proj
     patch_fan_in = patch.in_channels * patch.kernel_size[0] * patch.kernel_size[1] * patch.kernel_size[2]
-    embed = 2.0 * batch * grid_tokens * patch_fan_in * enc.width  # the tubelet embedding of every clip
-    full = tower_flops(enc, torch.full((batch,), grid_tokens))
+    groups = [(batch, grid_tokens)] if groups is None else groups
+    tokens = sum(b * n for b, n in groups)  # every grid token of every clip
+    embed = 2.0 * tokens * patch_fan_in * enc.width  # the tubelet embedding of every clip
+    full = sum(tower_flops(enc, torch.full((b,), n)) for b, n in groups)
     ctx, tgt = context_lengths.double(), target_lengths.double()
     linear = 2.0 * enc.width * pred.width * float(ctx.sum() + tgt.sum())  # predictor_embed, predictor_proj
     return StepFlops(

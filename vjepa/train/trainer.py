@@ -19,7 +19,7 @@ import os
 import platform
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -33,6 +33,8 @@ from vjepa.checkpoint import (
     save_trainer_state,
 )
 from vjepa.config import Config, save_config
+from vjepa.dense.config import context_weight_at
+from vjepa.dense.loss import DenseLoss
 from vjepa.distributed.engine import Engine, build_engine
 from vjepa.distributed.env import DistEnv, read_env
 from vjepa.models.builder import build_encoder, build_predictor, token_grid
@@ -65,6 +67,7 @@ class StepResult:
     pred_std: float
     values: StepValues  # the schedules' lr, weight decay and EMA momentum at this step
     monitors: dict[str, float]  # collapse monitors (empty on steps that do not compute them)
+    terms: dict[str, float] = field(default_factory=dict)  # loss.* terms: context_loss, context_weight
 
 
 def autocast_for(precision: str, device: torch.device):
@@ -89,11 +92,13 @@ def train_step(
     groups = batch.to(device, non_blocking=True).groups()  # one per clip length (a MixedBatch has several)
     clips = [normalize(g.clips) for g in groups]  # [B, C, T, H, W] float each, ImageNet mean/std
     with autocast_for(cfg.train.precision, device):
-        targets = [target_features(engine.target.module, c) for c in clips]  # [B, N, D] layer-normed, no grad
+        # [B, N, L*D] layer-normed, no grad
+        targets = [target_features(engine.target.module, c, cfg.loss.levels) for c in clips]
         masks = [g.masks for g in groups]
         if len(groups) == 1:
             clips, targets, masks = clips[0], targets[0], masks[0]
-        out = engine.model(clips, masks, targets)  # JepaModel.forward: objective.jepa_loss
+        lam = context_weight_at(step, cfg.loss)  # V-JEPA 2.1's context-loss weight (0 when off)
+        out = engine.model(clips, masks, targets, lam)  # JepaModel.forward: objective.jepa_loss
     monitors = collapse_monitors(targets if len(groups) == 1 else targets[0], out) if monitor else {}
 
     def skipped(loss: float, grad_norm: float) -> StepResult:
@@ -106,6 +111,7 @@ def train_step(
             pred_std=out.pred_std,
             values=values,
             monitors=monitors,
+            terms=out.terms,
         )
 
     loss = float(out.loss.detach())
@@ -131,6 +137,7 @@ def train_step(
         pred_std=out.pred_std,
         values=values,
         monitors=monitors,
+        terms=out.terms,
     )
 
 
@@ -193,10 +200,13 @@ def build_models(cfg: Config, device: torch.device) -> JepaModel:
         depth=m.pred_depth,
         heads=m.pred_heads,
         num_mask_tokens=len(cfg.mask) * len(lengths),
+        levels=cfg.loss.num_levels,
+        context_head=cfg.loss.context_weight > 0,
         device=device,
         **common,
     )
-    return JepaModel(encoder, predictor, tuple(lengths) if len(lengths) > 1 else None)
+    clip_lengths = tuple(lengths) if len(lengths) > 1 else None
+    return JepaModel(encoder, predictor, DenseLoss.from_config(cfg.loss), clip_lengths)
 
 
 def environment_info(env: DistEnv) -> dict:
@@ -470,6 +480,7 @@ def step_metrics(
     return {
         "loss": result.loss,
         **{f"loss_mask{k}": v for k, v in enumerate(result.loss_per_mask)},
+        **result.terms,
         "lr": values.lr,
         "weight_decay": values.weight_decay,
         "momentum": values.momentum,
