@@ -4,6 +4,7 @@ for all of them, a mask token per (length, mask configuration), and exact resume
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -210,3 +211,27 @@ def test_dense_terms_on_a_mixed_batch_average_over_the_pairs_present(data, tmp_p
         for g, c, t in zip(groups, clips, targets)
     ]
     assert out.terms["context_loss"] == pytest.approx(sum(alone) / len(alone), rel=1e-5)
+
+
+def test_images_in_tar_shards_are_one_frame_clips_with_their_labels(data, tmp_path):
+    import tarfile
+
+    shard = tmp_path / "images-000000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i, path in enumerate(sorted((data / "img").rglob("im*.*"))):
+            for name, payload in (
+                (f"s{i}{path.suffix}", path.read_bytes()),
+                (f"s{i}.cls", str(i % 2).encode()),
+            ):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    cfg = mixed_config(data, tmp_path, lengths=(1,))
+    cfg.data.sources[1].path = str(shard)
+    cfg.data.sources[1].weight = 3.0  # images in most batches
+    seen = []
+    for batch, _ in zip(stream(cfg), range(3)):
+        images = [g for g in batch.groups() if g.clips.shape[2] == 1]
+        seen += [(k, int(y)) for g in images for k, y in zip(g.keys, g.labels)]
+    assert seen and all(k.startswith("images-000000/s") for k, _ in seen)
+    assert all(int(k.rsplit("s", 1)[1]) % 2 == y for k, y in seen)  # KEY.cls read with its image
