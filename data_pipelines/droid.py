@@ -112,12 +112,15 @@ def read_droid_states(h5_path: Path) -> np.ndarray:
     """[F, 7] float64 states (cartesian_position, gripper_position) of one episode's trajectory.h5; ValueError
     naming the key when one is missing or misshapen."""
     h5py = _import_h5py()
-    with h5py.File(h5_path, "r") as h5:
-        for key in (POSE_KEY, GRIPPER_KEY):
-            if key not in h5:
-                raise ValueError(f"{h5_path.name} has no {key}")
-        pose = np.asarray(h5[POSE_KEY], dtype=np.float64)  # [F, 6]
-        gripper = np.asarray(h5[GRIPPER_KEY], dtype=np.float64).reshape(-1)  # [F] (also stored as [F, 1])
+    try:
+        with h5py.File(h5_path, "r") as h5:
+            for key in (POSE_KEY, GRIPPER_KEY):
+                if key not in h5:
+                    raise ValueError(f"{h5_path.name} has no {key}")
+            pose = np.asarray(h5[POSE_KEY], dtype=np.float64)  # [F, 6]
+            gripper = np.asarray(h5[GRIPPER_KEY], dtype=np.float64).reshape(-1)  # [F] (or stored [F, 1])
+    except OSError as err:  # missing, truncated or not HDF5 at all
+        raise ValueError(f"{h5_path.name} does not read as HDF5: {err}") from None
     if pose.ndim != 2 or pose.shape[1] != 6 or len(gripper) != len(pose):
         raise ValueError(f"{POSE_KEY} {pose.shape} and {GRIPPER_KEY} {gripper.shape} must be [F, 6] and [F]")
     if not np.isfinite(pose).all() or not np.isfinite(gripper).all():
