@@ -1,5 +1,6 @@
 """`vjepa train-ac` with dist.backend=ddp: two processes under torchrun (gloo) train exactly as one process
-on the union of their batches, each rank encoding only its own share of the trajectories.
+on the union of their batches, each rank encoding only its own share of the trajectories, and resume exactly
+from a checkpoint.
 
 Tolerances: the ranks' gradient average is the union batch's mean gradient computed in another order, a few
 fp32 ulps per step (as in tests/test_distributed.py); Adam can amplify that on near-zero gradients, so losses
@@ -53,6 +54,7 @@ def overrides(world: dict[str, Path], out: Path, *extra: str) -> list[str]:
         "predictor.heads=2",
         f"optim.steps={STEPS}",
         f"optim.batch={PER_RANK}",
+        f"train.checkpoint_every={STEPS - 1}",
         "optim.lr=1e-3",
         "optim.warmup_steps=1",
         "optim.grad_clip=0.5",
@@ -132,6 +134,28 @@ def test_ddp_train_ac_matches_one_process_on_the_union_batch(world, tmp_path: Pa
 
     with pytest.raises(ValueError, match="written by 2 process"):  # each rank's clips depend on the ranks
         train_ac(load_ac_config(None, overrides(world, ddp, f"optim.steps={STEPS + 1}")))
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_ddp_train_ac_resumes_exactly(world, tmp_path: Path) -> None:
+    """The last checkpoint lost, the same command resumes both ranks from the one before, and ends with the
+    weights of the uninterrupted run."""
+    import shutil
+
+    ddp = tmp_path / "ddp"
+    command = ["-m", "vjepa", "train-ac", *overrides(world, ddp, "dist.backend=ddp")]
+    run_torchrun(command)
+    whole, whole_log = read_ac_checkpoint(ddp).predictor(), read_log(ddp)
+    shutil.rmtree(ddp / "checkpoints" / f"step_{STEPS:08d}")
+    proc = run_torchrun(command)
+    assert {s["start_step"] for s in json_objects(proc.stdout, '{"start_step"')} == {STEPS - 1}
+    resumed_log = read_log(ddp)
+    assert [r["step"] for r in resumed_log] == list(range(STEPS))
+    assert [r["loss"] for r in resumed_log] == pytest.approx([r["loss"] for r in whole_log], rel=1e-6)
+    resumed = read_ac_checkpoint(ddp).predictor()
+    for (name, p), q in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=name)
 
 
 def test_ddp_launched_alone_trains_like_the_single_backend(world, tmp_path: Path) -> None:
