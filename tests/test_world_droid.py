@@ -165,7 +165,7 @@ def test_droid_config_mistakes_name_the_key(overrides: list[str], message: str) 
         load_ac_config(None, ["encoder.checkpoint=x", "data.train=y", *overrides], check_paths=False)
 
 
-def test_train_ac_runs_on_droid_episodes(droid, tmp_path: Path) -> None:
+def test_train_ac_runs_on_droid_episodes(droid, tmp_path: Path, capsys) -> None:
     from vjepa.train.trainer import train
     from vjepa.world.train import train_ac
 
@@ -208,3 +208,8 @@ def test_train_ac_runs_on_droid_episodes(droid, tmp_path: Path) -> None:
     assert ckpt.shapes["action_dim"] == 7 and ckpt.shapes["state_dim"] == 7
     assert ckpt.trajectories == ["lab/ep0", "lab/ep1", "lab/ep2"]
     assert all(torch.isfinite(p).all() for p in ckpt.predictor().parameters())
+    from vjepa.cli import main
+
+    code = main(["plan", "--predictor", str(tmp_path / "ac"), "--out", str(tmp_path / "plan")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--predictor: " in err and "data.kind=droid" in err, err  # push-scene planning only
