@@ -177,8 +177,9 @@ def _samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
 
 class TrajectoryReader:
     """Clips of `frames` frames every `frame_step` from trajectory shards, `clips_per_trajectory` per sample at
-    start frames drawn from (seed, sample number). A sample that is missing a member, cannot be decoded or whose
-    arrays do not match its video is skipped, logged with its key and counted in `skipped`."""
+    start frames drawn from (seed, sample number); rank r of `world_size` reads samples r, r + W, ... A sample
+    that is missing a member, cannot be decoded or whose arrays do not match its video is skipped, logged with
+    its key and counted in `skipped`."""
 
     def __init__(
         self,
@@ -189,7 +190,11 @@ class TrajectoryReader:
         clips_per_trajectory: int = 1,
         seed: int = 0,
         decoder: str = "auto",
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got {rank} of {world_size}")
         if not shards:
             raise ValueError("shards must name at least one tar shard")
         if frames < 2:
@@ -201,6 +206,7 @@ class TrajectoryReader:
         self.shards = [Path(s) for s in shards]
         self.frames, self.frame_step, self.clips = frames, frame_step, clips_per_trajectory
         self.seed = seed
+        self.rank, self.world_size = rank, world_size  # rank r reads samples r, r + W, ... (all shards)
         self.decoder = VideoDecoder(decoder)
         self.skipped = 0
 
@@ -209,6 +215,9 @@ class TrajectoryReader:
         for shard in self.shards:
             for key, members in _samples(shard):
                 name = f"{shard.name.removesuffix('.tar')}/{key}"
+                if number % self.world_size != self.rank:
+                    number += 1
+                    continue
                 try:
                     yield from self._clips(name, members, np.random.default_rng([self.seed, number]))
                 except (BadSampleError, ValueError, KeyError) as err:

@@ -152,11 +152,12 @@ def test_training_lowers_the_loss_and_the_checkpoint_rebuilds_the_untrained_star
 def test_a_residual_predictor_starts_near_copying_its_input(world) -> None:
     from vjepa.world.ac_checkpoint import build_ac_predictor
     from vjepa.world.ac_objective import teacher_forcing_loss
-    from vjepa.world.features import encode_bank, load_frozen_encoder
+    from vjepa.world.features import encode_bank, load_frozen_encoder, trajectory_reader
 
     cfg = load_ac_config(None, ac_overrides(world, world["root"] / "unused"))
     encoder, _ = load_frozen_encoder(cfg.encoder, crop=32, device=torch.device("cpu"))
-    bank = encode_bank(encoder, cfg.data.shards(), cfg.data, seed=0, device=torch.device("cpu"))
+    reader = trajectory_reader(cfg.data, seed=0)
+    bank = encode_bank(encoder, reader, cfg.data, device=torch.device("cpu"))
     shapes = {"feature_dim": 48, "action_dim": 2, "state_dim": 2, "grid": [2, 2]}
     f, a, s = bank.features, bank.actions, bank.states
     copy = float((f[:, :-1] - f[:, 1:]).abs().mean())

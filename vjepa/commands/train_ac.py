@@ -1,5 +1,6 @@
 """`vjepa train-ac --config YAML [key=value ...]`: train the action-conditioned predictor on a frozen
-encoder's features of trajectory shards (one process; see vjepa/world/train.py)."""
+encoder's features of trajectory shards or DROID episodes (one process, or `torchrun ... -m vjepa train-ac`
+with dist.backend=ddp; see vjepa/world/train.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train-ac",
-        help="train the action-conditioned world-model predictor on frozen features of trajectory shards",
+        help="train the action-conditioned world-model predictor on frozen features of trajectories",
         description="Keys and defaults: vjepa/world/config.py (e.g. configs/ac/push_tiny.yaml). The run folder "
         "(train.out_dir) gets config.yaml, log.jsonl and checkpoints/; the same command resumes a stopped run.",
     )

@@ -7,6 +7,8 @@ computed, where the EMA target's weights live, and how the weights are checkpoin
 
 Engines: `TorchEngine` (one process, or DDP when the model is wrapped in DistributedDataParallel) and
 `DeepSpeedEngine` (deepspeed_engine.py, ZeRO stages 0-3), chosen by `build_engine` from `dist.backend`.
+`ReplicaEngine`, TorchEngine without the EMA target and the JEPA checkpoint, trains other models the same
+way (`build_replica_engine`: the action-conditioned predictor of `vjepa train-ac`).
 """
 
 from __future__ import annotations
@@ -53,14 +55,15 @@ def collectives(device: torch.device) -> tuple:
     return process_group.barrier, lambda flag: process_group.all_true(flag, device)
 
 
-class TorchEngine:
-    """Plain modules and torch AdamW, optionally wrapped in DistributedDataParallel (`wrapped`): every rank
-    holds full replicas, DDP averages the gradients in backward, the replicated fp32 target is updated
-    locally. Checkpoints: one `model.pt` written by rank 0."""
+class ReplicaEngine:
+    """The update machinery for any module replicated on every rank with a torch optimizer, optionally
+    wrapped in DistributedDataParallel (`wrapped`, which averages the gradients in backward): backward, the
+    global gradient norm, clipping, the step and the all-rank checks. `TorchEngine` adds the EMA target and
+    the JEPA checkpoint; `vjepa train-ac` uses it as it is (`build_replica_engine`)."""
 
     def __init__(
         self,
-        model: JepaModel,
+        model: nn.Module,
         optimizer: torch.optim.Optimizer,
         *,
         device: torch.device,
@@ -69,7 +72,6 @@ class TorchEngine:
     ) -> None:
         self.module, self.model = model, wrapped if wrapped is not None else model
         self.optimizer, self.device, self.rank = optimizer, device, rank
-        self.target: ReplicatedTarget = ReplicatedTarget(model.encoder)
         self.barrier, self.all_ranks = collectives(device)
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -88,6 +90,26 @@ class TorchEngine:
 
     def drop_gradients(self, after_backward: bool) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+
+    def close(self) -> None:
+        """Plain modules hold nothing besides memory."""
+
+
+class TorchEngine(ReplicaEngine):
+    """Plain modules and torch AdamW, optionally in DDP (see ReplicaEngine): every rank holds full replicas,
+    the replicated fp32 target is updated locally. Checkpoints: one `model.pt` written by rank 0."""
+
+    def __init__(
+        self,
+        model: JepaModel,
+        optimizer: torch.optim.Optimizer,
+        *,
+        device: torch.device,
+        wrapped: nn.Module | None = None,
+        rank: int = 0,
+    ) -> None:
+        super().__init__(model, optimizer, device=device, wrapped=wrapped, rank=rank)
+        self.target: ReplicatedTarget = ReplicatedTarget(model.encoder)
 
     def save(self, folder: Path) -> None:
         if self.rank == 0:
@@ -115,9 +137,6 @@ class TorchEngine:
         load_weights(self.module.predictor, state["predictor"], "train.init_from: 'predictor'")
         self.target.load_full(state["target_encoder"], "train.init_from: 'target_encoder'")
 
-    def close(self) -> None:
-        """Plain modules hold nothing besides memory."""
-
 
 def _no_buffer_sync() -> dict[str, bool]:
     """The DDP argument that turns off the per-forward buffer broadcast (renamed in recent torch)."""
@@ -126,6 +145,43 @@ def _no_buffer_sync() -> dict[str, bool]:
     if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
         return {"forward_sync_buffers": False}
     return {"broadcast_buffers": False}
+
+
+def _check_backend(backend: str, env: DistEnv, known: tuple[str, ...]) -> None:
+    """ValueError for an unknown backend or one process for several; RuntimeError without a started group."""
+    if backend not in known:
+        raise ValueError(f"dist.backend: unknown backend {backend!r} (known: {', '.join(known)})")
+    if backend == "single" and env.world_size > 1:
+        raise ValueError(
+            f"dist.backend=single but the launcher started {env.world_size} processes; "
+            f"use dist.backend={' or dist.backend='.join(k for k in known if k != 'single')}"
+        )
+    if backend != "single" and not process_group.is_started(env):
+        raise RuntimeError(
+            f"dist.backend={backend} needs a started process group of {env.world_size} "
+            "(vjepa.distributed.process_group.start_process_group)"
+        )
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` in DistributedDataParallel. DDP broadcasts rank 0's parameters and buffers here; buffers are
+    not re-sent at every forward (the models' buffers are fixed tables that never change)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, **_no_buffer_sync()
+    )
+
+
+def build_replica_engine(
+    model: nn.Module, optimizer_factory, *, backend: str, device: torch.device, env: DistEnv
+) -> ReplicaEngine:
+    """A ReplicaEngine for any module: `backend` single (one process) or ddp (the process group started
+    already, as for build_engine). `optimizer_factory(module)` builds the torch optimizer."""
+    _check_backend(backend, env, ("single", "ddp"))
+    model = model.to(device)
+    wrapped = wrap_ddp(model, device) if backend == "ddp" else None
+    return ReplicaEngine(model, optimizer_factory(model), device=device, wrapped=wrapped, rank=env.rank)
 
 
 def build_engine(
@@ -144,21 +200,10 @@ def build_engine(
 
     ddp and deepspeed need the process group (`process_group.start_process_group`, a group of one when
     launched alone) to be started already; without one this raises instead of falling back to one process."""
+    _check_backend(dist.backend, env, ("single", "ddp", "deepspeed"))
     if dist.backend == "single":
-        if env.world_size > 1:
-            raise ValueError(
-                f"dist.backend=single but the launcher started {env.world_size} processes; "
-                "use dist.backend=ddp or dist.backend=deepspeed"
-            )
         model = model.to(device)
         return TorchEngine(model, optimizer_factory(model), device=device)
-    if dist.backend not in ("ddp", "deepspeed"):
-        raise ValueError(f"dist.backend: unknown backend {dist.backend!r} (known: single, ddp, deepspeed)")
-    if not process_group.is_started(env):
-        raise RuntimeError(
-            f"dist.backend={dist.backend} needs a started process group of {env.world_size} "
-            "(vjepa.distributed.process_group.start_process_group)"
-        )
     if dist.backend == "deepspeed":
         from vjepa.distributed.deepspeed_engine import DeepSpeedEngine
 
@@ -166,12 +211,8 @@ def build_engine(
             model, optimizer_factory, dist=dist, grad_clip=optim.grad_clip, precision=precision,
             micro_batch=micro_batch, device=device,
         )  # fmt: skip
-    from torch.nn.parallel import DistributedDataParallel
-
     model = model.to(device)
-    # DDP broadcasts rank 0's parameters and buffers here, so the target copied next is rank 0's too. The
-    # buffers (fixed position tables) never change, so they are not re-sent at every forward.
-    wrapped = DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None, **_no_buffer_sync()
-    )
+    wrapped = wrap_ddp(
+        model, device
+    )  # rank 0's weights everywhere, so the target copied next is rank 0's too
     return TorchEngine(model, optimizer_factory(model), device=device, wrapped=wrapped, rank=env.rank)

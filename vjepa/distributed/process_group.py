@@ -143,3 +143,21 @@ def all_true(flag: bool, device: torch.device) -> bool:
     value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return bool(value.item())
+
+
+def mean_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """The mean of each value over the ranks of the default group (one all_reduce); `values` without one."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return (tensor / dist.get_world_size()).tolist()
+
+
+def gather_objects(obj: object) -> list:
+    """Every rank's `obj` (picklable), in rank order, on every rank; `[obj]` without a group."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

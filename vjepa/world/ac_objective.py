@@ -14,8 +14,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["Predictor", "rollout", "rollout_loss", "teacher_forcing_loss"]
+__all__ = ["ACObjective", "Predictor", "rollout", "rollout_loss", "teacher_forcing_loss"]
 
 # (features [B, T, N, F], actions [B, T, A], states [B, T, S]) -> next-step features [B, T, N, F]
 Predictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -89,3 +90,24 @@ def rollout_loss(
         predictor, features[:, :context], actions[:, :reads], states[:, :reads]
     )  # [B, k, N, F]
     return F.l1_loss(predicted, features[:, context : context + steps])
+
+
+class ACObjective(nn.Module):
+    """The training loss as one module: forward(features, actions, states) -> (loss, teacher forcing,
+    rollout), loss = teacher forcing + rollout_weight x rollout. One forward call per step is what
+    DistributedDataParallel needs (the rollout calls the predictor several times inside it)."""
+
+    def __init__(self, predictor: nn.Module, *, rollout_steps: int, rollout_weight: float) -> None:
+        super().__init__()
+        self.predictor = predictor
+        self.rollout_steps, self.rollout_weight = rollout_steps, rollout_weight
+
+    def forward(
+        self, features: torch.Tensor, actions: torch.Tensor, states: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        loss_tf = teacher_forcing_loss(self.predictor, features, actions, states)
+        if self.rollout_weight > 0:
+            loss_rollout = rollout_loss(self.predictor, features, actions, states, steps=self.rollout_steps)
+        else:
+            loss_rollout = torch.zeros((), device=features.device)
+        return loss_tf + self.rollout_weight * loss_rollout, loss_tf, loss_rollout

@@ -17,6 +17,8 @@ from vjepa.world.plan_settings import PlanSettings
 __all__ = ["ACConfig", "PlanSettings", "load_ac_config"]
 
 StateInput = Literal["agent", "all"]  # agent: the agent's (x, y), what a planner can integrate; all: S = 6
+DataKind = Literal["shards", "droid"]  # trajectory shards (*.tar), or DROID raw episode folders
+Camera = Literal["left", "right", "wrist", "ext1", "ext2"]  # a DROID episode's <camera>_mp4_path
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -41,27 +43,57 @@ class EncoderSettings:
 
 @dataclass
 class ACDataSettings:
-    train: str = ""  # a folder of trajectory shards (*.tar), e.g. `vjepa synth --env push` 's train/
+    # shards: trajectory shards (*.tar) in data.train, e.g. `vjepa synth --env push` 's train/;
+    # droid: DROID raw episode folders anywhere below data.train (data_pipelines/droid.py)
+    kind: DataKind = "shards"
+    train: str = ""
     frames: int = 4  # T frames per clip (T - 1 actions)
     frame_step: int = 1  # trajectory frames between clip frames
     clips_per_trajectory: int = 4
-    crop: int = 64  # the frames' size in pixels (the encoder is built for it)
-    state: StateInput = "agent"
+    crop: int = 64  # the frames' size in pixels (the encoder is built for it); droid: resized to it
+    state: StateInput = "agent"  # droid: must be all (S = 7: end-effector pose and gripper)
+    fps: float | None = (
+        None  # droid: clip frames per second, frame step ceil(video fps / fps); None: frame_step
+    )
+    camera: Camera = "left"  # droid: the episode's video (its metadata's <camera>_mp4_path)
 
     def validate(self, prefix: str = "data") -> None:
-        _check(bool(self.train), f"{prefix}.train", "required (a folder of trajectory shards)")
+        _check(bool(self.train), f"{prefix}.train", f"required (a folder of {self._what()})")
         _check(
             self.frames >= 2, f"{prefix}.frames", f"must be >= 2 (a clip needs one action), got {self.frames}"
         )
         for key in ("frame_step", "clips_per_trajectory", "crop"):
             _check(getattr(self, key) >= 1, f"{prefix}.{key}", f"must be >= 1, got {getattr(self, key)}")
+        if self.kind == "droid":
+            _check(
+                self.state == "all",
+                f"{prefix}.state",
+                "must be all for data.kind=droid (its states are the 7-D end-effector pose and gripper)",
+            )
+        _check(self.fps is None or self.kind == "droid", f"{prefix}.fps", "applies to data.kind=droid only")
+        _check(self.fps is None or self.fps > 0, f"{prefix}.fps", f"must be > 0 or null, got {self.fps}")
 
-    def shards(self, prefix: str = "data") -> list[Path]:
+    def _what(self) -> str:
+        return "DROID episode folders" if self.kind == "droid" else "trajectory shards"
+
+    def sources(self, prefix: str = "data") -> list[Path]:
+        """The trajectory shards, or the DROID episode folders, of data.train (sorted); ValueError if none."""
         root = Path(self.train)
         _check(root.is_dir(), f"{prefix}.train", f"{root} is not a folder")
+        if self.kind == "droid":
+            from data_pipelines.droid import find_episodes
+
+            found = find_episodes(root)
+            _check(bool(found), f"{prefix}.train", f"{root} holds no DROID episode folders (trajectory.h5)")
+            return found
         found = sorted(root.glob("*.tar"))
         _check(bool(found), f"{prefix}.train", f"{root} holds no trajectory shards (*.tar)")
         return found
+
+    def shards(self, prefix: str = "data") -> list[Path]:
+        """The trajectory shards of data.train (data.kind=shards)."""
+        _check(self.kind == "shards", f"{prefix}.kind", "trajectory shards need data.kind=shards")
+        return self.sources(prefix)
 
 
 @dataclass
@@ -89,7 +121,7 @@ class ACOptimSettings:
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float | None = 1.0
     steps: int = 300
-    batch: int = 16
+    batch: int = 16  # clips per step on each rank (dist.backend=ddp: the global batch is batch x ranks)
 
     def validate(self, prefix: str = "optim") -> None:
         _check(self.lr > 0, f"{prefix}.lr", f"must be > 0, got {self.lr}")
@@ -133,6 +165,18 @@ class ACTrainSettings:
 
 
 @dataclass
+class ACDistSettings:
+    # single: one process; ddp: DistributedDataParallel over the launcher's processes (torchrun, srun), each
+    # rank encoding and drawing from its own share of the trajectories. DeepSpeed is not offered here: the
+    # predictor and its AdamW state are small enough to replicate on every rank.
+    backend: Literal["single", "ddp"] = "single"
+    timeout_minutes: float = 30.0  # how long a collective waits for the other ranks before it fails
+
+    def validate(self, prefix: str = "dist") -> None:
+        _check(self.timeout_minutes > 0, f"{prefix}.timeout_minutes", "must be > 0")
+
+
+@dataclass
 class ACConfig:
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
     data: ACDataSettings = field(default_factory=ACDataSettings)
@@ -140,9 +184,10 @@ class ACConfig:
     optim: ACOptimSettings = field(default_factory=ACOptimSettings)
     loss: ACLossSettings = field(default_factory=ACLossSettings)
     train: ACTrainSettings = field(default_factory=ACTrainSettings)
+    dist: ACDistSettings = field(default_factory=ACDistSettings)
 
     def validate(self) -> None:
-        for name in ("encoder", "data", "predictor", "optim", "loss", "train"):
+        for name in ("encoder", "data", "predictor", "optim", "loss", "train", "dist"):
             getattr(self, name).validate(name)
         _check(
             self.loss.rollout_steps <= self.data.frames - 1,
@@ -152,7 +197,7 @@ class ACConfig:
 
     def check_paths(self) -> None:
         self.encoder.check_paths("encoder")
-        self.data.shards("data")
+        self.data.sources("data")
         check_writable_folder(self.train.out_dir, "train.out_dir")
 
 

@@ -12,19 +12,26 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from data_pipelines.droid import DroidReader
 from data_pipelines.trajectories import TrajectoryClip, TrajectoryReader, stack_clips
 from data_pipelines.transforms import normalize
 from vjepa.eval.extract import checkpoint_config, load_checkpoint_state, load_encoder
 from vjepa.world.ac_predictor import encode_frames
 from vjepa.world.config import ACDataSettings, EncoderSettings
 
-__all__ = ["FeatureBank", "agent_states", "encode_bank", "frames_to_clips", "load_frozen_encoder"]
+__all__ = [
+    "FeatureBank",
+    "agent_states",
+    "encode_bank",
+    "frames_to_clips",
+    "load_frozen_encoder",
+    "trajectory_reader",
+]
 
 
 def load_frozen_encoder(
@@ -66,8 +73,9 @@ class FeatureBank:
     features: torch.Tensor  # [M, T, N, F] float32 on the CPU, layer-normed (encode_frames)
     actions: torch.Tensor  # [M, T - 1, A]
     states: torch.Tensor  # [M, T, S] (the predictor's state input, see agent_states)
-    keys: list[str]  # "shard/key" of each clip's trajectory
+    keys: list[str]  # "shard/key" (droid: the episode folder) of each clip's trajectory
     starts: list[int]  # each clip's first trajectory frame
+    skipped: int = 0  # unreadable trajectories the reader skipped (each logged once)
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -78,10 +86,13 @@ class FeatureBank:
         shape = "x".join(map(str, self.features.shape))
         return hashlib.sha256(f"{shape}|{text}".encode()).hexdigest()[:16]
 
-    def batch(self, step: int, *, seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(
+        self, step: int, *, seed: int, size: int, rank: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The batch of `step`: `size` clips drawn without replacement (with, if the bank is smaller) by a
-        generator seeded from (seed, step) -> features [B, T, N, F], actions [B, T - 1, A], states [B, T, S]."""
-        rng = np.random.default_rng([seed, step])
+        generator seeded from (seed, step), and rank r > 0 of a DDP run (its own bank) from (seed, step, r)
+        -> features [B, T, N, F], actions [B, T - 1, A], states [B, T, S]."""
+        rng = np.random.default_rng([seed, step] if rank == 0 else [seed, step, rank])
         index = torch.from_numpy(rng.choice(len(self), size=size, replace=len(self) < size))  # [B]
         return self.features[index], self.actions[index], self.states[index]
 
@@ -97,29 +108,37 @@ def _chunks(clips: Iterable[TrajectoryClip], size: int) -> Iterable[list[Traject
         yield chunk
 
 
+def trajectory_reader(
+    data: ACDataSettings, *, seed: int, rank: int = 0, world_size: int = 1, key: str = "data"
+) -> TrajectoryReader | DroidReader:
+    """The clips of `data.train` for `data.kind` (start frames seeded from `seed`): rank r of `world_size`
+    reads trajectories r, r + W, ... of the sorted list, so the ranks' shares are disjoint and together
+    hold exactly the clips one process would read."""
+    sources = data.sources(key)
+    common = {"frames": data.frames, "frame_step": data.frame_step, "seed": seed}
+    common.update(clips_per_trajectory=data.clips_per_trajectory, rank=rank, world_size=world_size)
+    if data.kind == "droid":
+        return DroidReader(
+            sources, root=data.train, size=data.crop, fps=data.fps, camera=data.camera, **common
+        )
+    return TrajectoryReader(sources, **common)
+
+
 @torch.no_grad()
 def encode_bank(
     encoder: nn.Module,
-    shards: list[Path],
+    reader: TrajectoryReader | DroidReader,
     data: ACDataSettings,
     *,
-    seed: int,
     device: torch.device,
     batch_frames: int = 64,
     key: str = "data",
 ) -> FeatureBank:
-    """Every clip the trajectory reader draws from `shards` (start frames seeded from `seed`), encoded frame
-    by frame. Frames of another size than `data.crop` are an error naming `{key}.crop`."""
-    reader = TrajectoryReader(
-        shards,
-        frames=data.frames,
-        frame_step=data.frame_step,
-        clips_per_trajectory=data.clips_per_trajectory,
-        seed=seed,
-    )
+    """Every clip of `reader` (see trajectory_reader), encoded frame by frame. Frames of another size than
+    `data.crop` are an error naming `{key}.crop`."""
     features, actions, states, keys, starts = [], [], [], [], []
     for chunk in _chunks(reader, max(1, batch_frames // data.frames)):
-        frames_u8, states_np, actions_np = stack_clips(chunk)  # [b, T, H, W, 3], [b, T, 6], [b, T - 1, A]
+        frames_u8, states_np, actions_np = stack_clips(chunk)  # [b, T, H, W, 3], [b, T, S], [b, T - 1, A]
         if frames_u8.shape[2:4] != (data.crop, data.crop):
             raise ValueError(
                 f"{key}.crop: the trajectory frames are {frames_u8.shape[3]}x{frames_u8.shape[2]} pixels, "
@@ -131,5 +150,10 @@ def encode_bank(
         keys += [c.key for c in chunk]
         starts += [c.start for c in chunk]
     if not features:
-        raise ValueError(f"{key}.train: no readable trajectory clips in {len(shards)} shard(s)")
-    return FeatureBank(torch.cat(features), torch.cat(actions), torch.cat(states), keys, starts)
+        share = f" (rank {reader.rank} of {reader.world_size})" if reader.world_size > 1 else ""
+        raise ValueError(
+            f"{key}.train: no readable trajectory clips in {data.train}{share}; {reader.skipped} skipped"
+        )
+    return FeatureBank(
+        torch.cat(features), torch.cat(actions), torch.cat(states), keys, starts, skipped=reader.skipped
+    )

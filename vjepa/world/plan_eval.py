@@ -39,6 +39,11 @@ def _check_seeds(ckpt: ACCheckpoint, s: PlanSettings) -> None:
 def _load(s: PlanSettings, device: torch.device) -> tuple[ACCheckpoint, Planner, dict[str, Any]]:
     """The AC checkpoint, a planner over the frozen encoder (checked against the predictor's shapes)."""
     ckpt = read_ac_checkpoint(s.predictor, what="--predictor")
+    if ckpt.config.data.kind != "shards":
+        raise ValueError(
+            f"--predictor: {ckpt.folder} was trained on data.kind={ckpt.config.data.kind}; `vjepa plan` plans "
+            "in the built-in push scene, for predictors trained on its trajectory shards"
+        )
     _check_seeds(ckpt, s)
     cfg = ckpt.config
     settings = dataclasses.replace(cfg.encoder, checkpoint=s.encoder or cfg.encoder.checkpoint)
