@@ -69,6 +69,25 @@ def losses(run: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in log.read_text().splitlines()]
 
 
+def adam_steps(final: Path) -> set[int]:
+    """The AdamW step counts in rank 0's ZeRO optimizer file of a step folder."""
+    (path,) = (final / "deepspeed").glob("*rank_0_*optim_states.pt")
+    found: set[int] = set()
+
+    def walk(x) -> None:
+        if isinstance(x, dict):
+            if "step" in x and "exp_avg" in x:
+                found.add(int(x["step"]))
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+
+    walk(torch.load(path, map_location="cpu", weights_only=False))  # DeepSpeed pickles its own objects
+    return found
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("ddp") / "run"
@@ -91,6 +110,7 @@ def test_two_phases_under_zero3_train_as_ddp(ddp_run: Path, tmp_path: Path) -> N
     train_phases(run, ZERO3)
     final = run / "phase-1-b" / "checkpoints" / "step_00000002"
     assert {p.name for p in final.glob("target_rank*.pt")} == {"target_rank0.pt", "target_rank1.pt"}
+    assert adam_steps(final) == {4}  # AdamW ran on from phase a
     assert losses(run) == pytest.approx(losses(ddp_run), rel=1e-5)
     ref, got = exported(ddp_run, tmp_path / "ddp.pt"), exported(run, tmp_path / "zero3.pt")
     for part in ("encoder", "predictor", "target_encoder"):
