@@ -249,7 +249,7 @@ def test_shipped_config_loads(path: Path) -> None:
     for dotted, value in _leaves(raw):  # every value the file sets arrives in the tree
         node = resolved
         for part in dotted.split("."):
-            node = node[part]
+            node = node[int(part)] if isinstance(node, list) else node[part]
         assert node == value, dotted
 
 
@@ -257,8 +257,10 @@ def _leaves(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
     out = []
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and dotted != "dist.deepspeed":
+        if isinstance(value, dict) and dotted != "dist.deepspeed" and not dotted.endswith(".overrides"):
             out += _leaves(value, dotted + ".")
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):  # train.phases
+            out += _leaves({str(i): v for i, v in enumerate(value)}, dotted + ".")
         else:
             out.append((dotted, value))
     return out

@@ -169,3 +169,37 @@ def test_extract_script_splits_the_parts_over_two_tasks(cluster: SlurmCluster, t
     for split in ("train", "val"):
         a, b = load_features(out / split), load_features(tmp_path / "local" / split)
         assert a.keys == b.keys and torch.equal(a.tokens, b.tokens)
+
+
+def test_warning_signal_in_phase_two_requeues_and_resumes_in_phase_two(
+    cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    """`train.phases` under the job script: the warning signal during the second phase checkpoints it; the
+    requeued job skips the finished first phase and continues the second from the step it reached."""
+    steps = 30
+    phases = (
+        f"train.phases=[{{name: a, steps: 2}}, {{name: b, steps: {steps}, "
+        "overrides: {data.frames_per_clip: 8, data.crop_size: 48}}]"
+    )
+    job = submit(cluster, tmp_path, phases, "checkpoint.every_steps=1000")
+    run, run_b = tmp_path / "run", tmp_path / "run" / "phase-1-b"
+    deadline = time.time() + 300
+    while len(logged_steps(run_b)) < 4 and time.time() < deadline:
+        time.sleep(0.2)
+    assert len(logged_steps(run_b)) >= 4, cluster.job(job)
+    cluster.run("scancel", "--signal=USR1", "--batch", job)
+    wait_for(cluster, job, {"PENDING"}, timeout=120)
+    first = sorted(p.name for p in (run_b / "checkpoints").glob("step_*"))
+    assert len(first) == 1, first  # the signal's checkpoint, in phase b
+    reached = int(first[0].split("_")[1])
+    assert 4 <= reached < steps and not (run_b / "PHASE_DONE").exists()
+    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    info = wait_for(cluster, job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=300)
+    job_log = (run / "slurm" / f"job-{job}.log").read_text()
+    assert info["JobState"] == "COMPLETED", job_log + cluster.logs()
+    assert logged_steps(run / "phase-0-a") == [0, 1]  # phase a ran once
+    assert logged_steps(run_b) == list(range(steps))  # no gap, nothing repeated
+    task0 = (run / "slurm" / f"job-{job}-task-0.log").read_text()
+    assert "phase 0 (a) finished earlier" in task0
+    assert f"resumed from {run_b / 'checkpoints' / first[0]} at step {reached}" in task0
+    assert (run_b / "PHASE_DONE").is_file()

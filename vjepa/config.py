@@ -115,8 +115,19 @@ class OptimConfig:
 
 
 @dataclass
+class PhaseConfig:
+    """One phase of `train.phases` (vjepa/train/phases.py): `steps` steps with its own schedule, the base
+    config changed by `overrides` (dotted keys -> values, e.g. {data.frames_per_clip: 64, optim.lr: 1e-4}).
+    Checked in vjepa/train/phase_config.py, which also lists the keys a phase may not change."""
+
+    name: str = ""  # names the phase's folder <train.out_dir>/phase-<i>-<name>/
+    steps: int = 0
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class TrainConfig:
-    steps: int = 100
+    steps: int = 100  # unused with train.phases (each phase has its own steps)
     precision: Precision = "bf16"
     device: DeviceName = "auto"
     seed: int = 0
@@ -129,6 +140,10 @@ class TrainConfig:
     # Start a new phase (e.g. the V-JEPA 2 cooldown with longer clips) from the weights of a model file:
     # a checkpoint's model.pt or a `vjepa export` file. Ignored when the run folder has a checkpoint.
     init_from: str | None = None
+    # Several phases in one run (e.g. pretraining, then a cooldown on longer clips at a higher resolution),
+    # one after the other, each from the weights and optimizer state the one before ended with. Empty: one
+    # phase, this config. See vjepa/train/phases.py.
+    phases: list[PhaseConfig] = field(default_factory=list)
 
     def validate(self, prefix: str = "train") -> None:
         check_fields(self, prefix)
@@ -350,7 +365,7 @@ class Config:
             )
         _check_source_lengths(self, grid)
         check(
-            self.optim.cooldown_steps <= t.steps,
+            bool(t.phases) or self.optim.cooldown_steps <= t.steps,  # with phases: checked in each phase
             "optim.cooldown_steps",
             f"{self.optim.cooldown_steps} is more than train.steps={t.steps}",
         )
@@ -367,6 +382,10 @@ class Config:
                 check_backend("xformers", device)
             except ValueError as err:
                 raise ValueError(f"{err} (train.device={t.device})") from None
+        if t.phases:  # every phase's resolved config is built and checked too, before any work
+            from vjepa.train.phase_config import resolve_phases
+
+            resolve_phases(self)
 
 
 def _check_source_lengths(cfg: Config, grid: tuple[int, int, int]) -> None:

@@ -30,12 +30,13 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from vjepa.checkpoint import DEEPSPEED_TAG
+from vjepa.checkpoint import DEEPSPEED_TAG, TARGET_FILE
 from vjepa.config import DistConfig
+from vjepa.distributed import zero_ema
 from vjepa.distributed.deepspeed_config import deepspeed_config
 from vjepa.distributed.engine import collectives
 from vjepa.distributed.target import PartitionedTarget, ReplicatedTarget
-from vjepa.models.weights import checked_weights
+from vjepa.models.weights import checked_weights, read_torch_file
 from vjepa.objective import JepaModel
 
 
@@ -197,6 +198,39 @@ class DeepSpeedEngine:
                 for name, p in params.items():
                     safe_set_full_fp32_param(p, weights[name].float())
         self.target.load_full(state["target_encoder"], "train.init_from: 'target_encoder'")
+
+    def load_phase_start(self, folder: Path) -> None:
+        """A new phase of `train.phases` from checkpoint `folder`, the end of the phase before: weights, fp32
+        masters, the AdamW state and the target carry over (the step and the data start afresh); fixed
+        position tables (buffers) stay the ones built for this phase's clip size. Same number of processes."""
+        folder = Path(folder)
+
+        def parameters_only(src: dict, dst: nn.Module) -> None:
+            kept = {k: v for k, v in src.items() if not k.endswith("pos_embed")}
+            result = dst.load_state_dict(kept, strict=False)
+            missing = [k for k in result.missing_keys if not k.endswith("pos_embed")]
+            if missing or result.unexpected_keys:
+                raise ValueError(
+                    f"checkpoint {folder}: weights do not fit: missing {missing[:8]}, "
+                    f"unexpected {result.unexpected_keys[:8]}"
+                )
+
+        path, _ = self.model.load_checkpoint(
+            str(folder),
+            tag=DEEPSPEED_TAG,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=False,
+            custom_load_fn=parameters_only,
+        )
+        if path is None:
+            raise ValueError(f"{folder / DEEPSPEED_TAG}: DeepSpeed could not load this checkpoint")
+        if isinstance(self.target, PartitionedTarget):  # fp32 shards of the parameters; buffers stay
+            zero_ema.load_shard(self.target.module, folder, self.rank, self.world_size, buffers=False)
+        else:
+            state = read_torch_file(
+                folder / TARGET_FILE, what=f"checkpoint {folder}", map_location=self.device
+            )
+            self.target.load_full(state, f"checkpoint {folder}: 'target_encoder'")
 
     def close(self) -> None:
         """Releases DeepSpeed's hooks and buffers (before the process group goes away)."""

@@ -47,6 +47,7 @@ class Engine(Protocol):
     def save(self, folder: Path) -> None: ...
     def load(self, folder: Path) -> None: ...
     def load_weights(self, state: dict) -> None: ...
+    def load_phase_start(self, folder: Path) -> None: ...
     def close(self) -> None: ...
 
 
@@ -136,6 +137,17 @@ class TorchEngine(ReplicaEngine):
         load_weights(self.module.encoder, state["encoder"], "train.init_from: 'encoder'")
         load_weights(self.module.predictor, state["predictor"], "train.init_from: 'predictor'")
         self.target.load_full(state["target_encoder"], "train.init_from: 'target_encoder'")
+
+    def load_phase_start(self, folder: Path) -> None:
+        """A new phase of `train.phases` from checkpoint `folder`, the end of the phase before: encoder,
+        predictor, target and the AdamW state carry over (the step and the data start afresh); fixed position
+        tables stay the ones built for this phase's clip size (a saved table of another grid is dropped)."""
+        what = f"checkpoint {folder}"
+        state = read_torch_file(Path(folder) / MODEL_FILE, what=what, map_location=self.device)
+        load_weights(self.module.encoder, state["encoder"], f"{what}: 'encoder'")
+        load_weights(self.module.predictor, state["predictor"], f"{what}: 'predictor'")
+        self.target.load_full(state["target_encoder"], f"{what}: 'target_encoder'")
+        self.optimizer.load_state_dict(state["opt"])
 
 
 def _no_buffer_sync() -> dict[str, bool]:

@@ -92,7 +92,9 @@ def save_shard(target: nn.Module, folder: Path, rank: int, world_size: int) -> N
 
 
 @torch.no_grad()
-def load_shard(target: nn.Module, folder: Path, rank: int, world_size: int) -> None:
+def load_shard(target: nn.Module, folder: Path, rank: int, world_size: int, *, buffers: bool = True) -> None:
+    """Rank `rank`'s fp32 target shard from a step folder; `buffers=False` keeps the module's own buffers
+    (a new phase's position tables, built for its grid)."""
     path = Path(folder) / SHARD_FILE.format(rank=rank)
     if not path.is_file():
         raise ValueError(
@@ -106,7 +108,7 @@ def load_shard(target: nn.Module, folder: Path, rank: int, world_size: int) -> N
         )
     for name, p in target.named_parameters():
         p.ds_tensor.data.copy_(state["shards"][name].to(p.ds_tensor.device))
-    for name, b in target.named_buffers():
+    for name, b in target.named_buffers() if buffers else ():
         b.copy_(state["buffers"][name].to(b.device))
 
 

@@ -368,7 +368,11 @@ class TrainSummary:
 
 def train(cfg: Config) -> TrainSummary:
     """Runs (or resumes) pretraining as configured. SIGUSR1, SIGTERM and SIGINT stop it after the current
-    step with a checkpoint to resume from (see preemption.py)."""
+    step with a checkpoint to resume from (see preemption.py). `train.phases`: see phases.py."""
+    if cfg.train.phases:
+        from vjepa.train.phases import train_phases
+
+        return train_phases(cfg)
     with StopSignals() as signals:
         stop_with_launcher()
         run = build_run(cfg)
