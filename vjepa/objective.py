@@ -70,9 +70,14 @@ def jepa_loss(
     targets: torch.Tensor,
     clips: torch.Tensor,
     masks: list[MaskBatch],
+    denominators: torch.Tensor | None = None,
 ) -> JepaOutput:
     """clips [B, C, T, H, W] float (normalised); targets [B, N, D] from `target_features`; one MaskBatch per
-    mask configuration (its position selects the predictor's mask token)."""
+    mask configuration (its position selects the predictor's mask token).
+
+    `denominators` [M]: what each configuration's error sum is divided by, by default this batch's own
+    target-row counts. Gradient accumulation passes the counts over all micro-batches of the step, so that
+    the micro-batches' losses (and gradients) sum to those of the whole step's batch."""
     if not masks:
         raise ValueError("jepa_loss needs at least one mask configuration")
     if len(masks) > len(predictor.mask_tokens):
@@ -87,6 +92,8 @@ def jepa_loss(
     groups = len(masks)
     sums = err.new_zeros(groups).index_add(0, target.group, err)  # [M]
     counts = torch.bincount(target.group, minlength=groups).to(err.dtype)  # [M]
+    if denominators is not None:
+        counts = denominators.to(err)  # [M]
     losses = sums / counts.clamp_min(1.0)  # [M]: token-weighted mean within each configuration
     pred_rows, target_rows = pred.detach(), target_h
     pred_std = target_std = 0.0
@@ -117,9 +124,16 @@ class JepaModel(nn.Module):
         self.encoder = encoder
         self.predictor = predictor
 
-    def forward(self, clips: torch.Tensor, masks: list[MaskBatch], targets: torch.Tensor) -> JepaOutput:
-        """clips [B, C, T, H, W] normalised; targets [B, N, D] from `target_features`."""
-        return jepa_loss(self.encoder, self.predictor, targets, clips, masks)
+    def forward(
+        self,
+        clips: torch.Tensor,
+        masks: list[MaskBatch],
+        targets: torch.Tensor,
+        denominators: torch.Tensor | None = None,
+    ) -> JepaOutput:
+        """clips [B, C, T, H, W] normalised; targets [B, N, D] from `target_features`; `denominators` [M]
+        see `jepa_loss`."""
+        return jepa_loss(self.encoder, self.predictor, targets, clips, masks, denominators)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names (in this module) that AdamW must not decay besides the 1-D ones."""

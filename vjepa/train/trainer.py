@@ -1,11 +1,13 @@
 """Pretraining. `train_step` is one V-JEPA update, top to bottom; `train(cfg)` builds the run, resumes it
 and loops over `train_step`.
 
-The step reads: schedule values -> EMA target features on the full clip -> context encoder + predictor
-over every mask configuration and the L1 loss (vjepa/objective.py) -> finite check on every rank ->
-backward -> gradient norm, finite check, clipping -> AdamW step -> EMA update. The engine
-(vjepa/distributed/engine.py) only supplies what differs by backend: the wrapped forward, backward and
-step, the global gradient norm, and where the target's weights live.
+The step reads: schedule values -> for each micro-batch (one, or `optim.accumulate`): EMA target features on
+the full clip -> context encoder + predictor over every mask configuration and the L1 loss
+(vjepa/objective.py), with the backward of all but the last -> finite and spike checks of the step's loss
+on every rank -> the last backward -> gradient norm, finite check, clipping -> AdamW step -> EMA update. The
+engine (vjepa/distributed/engine.py) only supplies what differs by backend: the wrapped forward, backward
+without gradient reduction (`no_sync`), the step, the global gradient norm, and where the target's weights
+live.
 
 Shape legend: B batch, C channels, T frames, H/W pixels, N tokens, D encoder width.
 """
@@ -18,6 +20,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
@@ -38,33 +41,40 @@ from vjepa.distributed.env import DistEnv, read_env
 from vjepa.models.builder import build_encoder, build_predictor, token_grid
 from vjepa.objective import JepaModel, target_features
 from vjepa.pretrained import read_pretrained
+from vjepa.train.accumulate import StepTally, micro_batches, target_rows
 from vjepa.train.compile import compile_models
 from vjepa.train.metrics import RunLogger, trim_log
-from vjepa.train.monitors import collapse_stats
+from vjepa.train.monitors import collapse_monitors
 from vjepa.train.optim import build_optimizer, set_lr_wd
 from vjepa.train.periodic_probe import PeriodicProbe
 from vjepa.train.preemption import StopSignals, stop_with_launcher
 from vjepa.train.resume import restore_newest
 from vjepa.train.schedules import StepValues, values_at
+from vjepa.train.spike_guard import SpikeGuard, SpikeLimit
 from vjepa.utils import resolve_device
 
 log = logging.getLogger(__name__)
 
 
 class LossGuardError(RuntimeError):
-    """The loss guard stopped the run (too many non-finite steps in a row); `vjepa` prints it as one line."""
+    """Too many skipped steps (non-finite, or loss spikes: train.max_bad_steps in a row, or
+    train.spike_guard.max_total spikes in all) stopped the run; `vjepa` prints it as one line."""
+
+
+NONFINITE_LOSS, SPIKE, NONFINITE_GRADS = "non-finite loss", "loss spike", "non-finite gradients"
 
 
 @dataclass(frozen=True)
 class StepResult:
-    loss: float  # nan when the step was skipped for a non-finite loss
+    loss: float  # the step's loss (summed over its micro-batches); nan when non-finite
     loss_per_mask: list[float]
-    grad_norm: float  # global, before clipping; nan when the loss was already non-finite
+    grad_norm: float  # global, before clipping; nan when the loss was already non-finite or a spike
     applied: bool  # False: the update was skipped on every rank
     target_std: float
     pred_std: float
     values: StepValues  # the schedules' lr, weight decay and EMA momentum at this step
     monitors: dict[str, float]  # collapse monitors (empty on steps that do not compute them)
+    skipped_for: str = ""  # why the update was skipped (the same on every rank): NONFINITE_LOSS, SPIKE, ...
 
 
 def autocast_for(precision: str, device: torch.device):
@@ -75,7 +85,7 @@ def autocast_for(precision: str, device: torch.device):
 
 def train_step(
     engine: Engine,
-    batch: VideoBatch,
+    batches: VideoBatch | Sequence[VideoBatch],
     step: int,
     cfg: Config,
     device: torch.device,
@@ -83,37 +93,53 @@ def train_step(
     monitor: bool = False,
     max_loss: float | None = None,
 ) -> StepResult:
-    """One V-JEPA update. A non-finite loss or gradient, or a loss above `max_loss` (a divergence, see
-    LossGuard), skips the update on every rank."""
+    """One V-JEPA update on one batch, or on the `optim.accumulate` micro-batches of one step (their loss
+    and gradients are exactly those of their concatenation, see accumulate.py). A non-finite loss or
+    gradient, or a loss above `max_loss` (a spike, see spike_guard.py), skips the update on every rank."""
     values = values_at(step, cfg.optim, cfg.train.steps)
-    batch = batch.to(device, non_blocking=True)
-    clips = normalize(batch.clips)  # [B, C, T, H, W] float, ImageNet mean/std
-    with autocast_for(cfg.train.precision, device):
-        targets = target_features(engine.target.module, clips)  # [B, N, D] layer-normed, no grad
-        out = engine.model(clips, batch.masks, targets)  # JepaModel.forward: objective.jepa_loss
-    monitors = collapse_monitors(targets, out) if monitor else {}
+    micro = [b.to(device, non_blocking=True) for b in micro_batches(batches)]
+    rows = target_rows(micro) if len(micro) > 1 else None  # [M] the whole step's target rows per mask config
+    tally, monitors = StepTally(len(micro)), {}
+    for i, batch in enumerate(micro):
+        last = i == len(micro) - 1
+        with nullcontext() if last else engine.no_sync():  # gradients are reduced in the last backward only
+            clips = normalize(batch.clips)  # [B, C, T, H, W] float, ImageNet mean/std
+            with autocast_for(cfg.train.precision, device):
+                targets = target_features(engine.target.module, clips)  # [B, N, D] layer-normed, no grad
+                out = engine.model(
+                    clips, batch.masks, targets, rows
+                )  # JepaModel.forward: objective.jepa_loss
+            if not last:
+                engine.backward(out.loss)
+        tally.add(out)
+        if monitor and i == 0:
+            monitors = collapse_monitors(targets, out)
 
-    def skipped(loss: float, grad_norm: float) -> StepResult:
+    def skipped(why: str, loss: float, grad_norm: float) -> StepResult:
         return StepResult(
             loss=loss,
-            loss_per_mask=out.loss_per_mask,
+            loss_per_mask=tally.loss_per_mask,
             grad_norm=grad_norm,
             applied=False,
-            target_std=out.target_std,
-            pred_std=out.pred_std,
+            target_std=tally.target_std,
+            pred_std=tally.pred_std,
             values=values,
             monitors=monitors,
+            skipped_for=why,
         )
 
-    loss = float(out.loss.detach())
+    loss = tally.loss
     if not engine.all_ranks(math.isfinite(loss) and (max_loss is None or loss <= max_loss)):
-        engine.drop_gradients(after_backward=False)
-        return skipped(loss if math.isfinite(loss) else float("nan"), float("nan"))
+        why = SPIKE if engine.all_ranks(math.isfinite(loss)) else NONFINITE_LOSS
+        if len(micro) > 1:  # earlier micro-batches' gradients are held: make them non-finite, then every
+            engine.backward(out.loss * float("nan"))  # backend discards them its own way (ZeRO: overflow)
+        engine.drop_gradients(after_backward=len(micro) > 1)
+        return skipped(why, loss if math.isfinite(loss) else float("nan"), float("nan"))
     engine.backward(out.loss)
     grad_norm = engine.grad_norm()  # global L2 norm before clipping, identical on every rank
     if not engine.all_ranks(bool(torch.isfinite(grad_norm))):
         engine.drop_gradients(after_backward=True)
-        return skipped(loss, float(grad_norm))
+        return skipped(NONFINITE_GRADS, loss, float(grad_norm))
     if cfg.optim.grad_clip is not None:
         engine.clip_gradients(cfg.optim.grad_clip, grad_norm)
     set_lr_wd(engine.optimizer, values.lr, values.weight_decay)
@@ -121,48 +147,14 @@ def train_step(
     engine.target.update(engine.module.encoder, values.momentum)
     return StepResult(
         loss=loss,
-        loss_per_mask=out.loss_per_mask,
+        loss_per_mask=tally.loss_per_mask,
         grad_norm=float(grad_norm),
         applied=True,
-        target_std=out.target_std,
-        pred_std=out.pred_std,
+        target_std=tally.target_std,
+        pred_std=tally.pred_std,
         values=values,
         monitors=monitors,
     )
-
-
-@dataclass
-class LossGuard:
-    """Catches a finite but destructive update: after `warmup` applied steps, a loss above `factor` x the
-    running mean of applied losses (EMA 0.9) is treated like a non-finite one. Checkpointed with the loop."""
-
-    factor: float
-    warmup: int
-    mean: float = 0.0
-    count: int = 0
-
-    def limit(self) -> float | None:
-        return self.factor * self.mean if self.factor > 0 and self.count >= self.warmup else None
-
-    def update(self, result: StepResult) -> None:
-        if result.applied:
-            self.count += 1
-            self.mean = result.loss if self.count == 1 else 0.9 * self.mean + 0.1 * result.loss
-
-    def state_dict(self) -> dict[str, float]:
-        return {"mean": self.mean, "count": self.count}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.mean, self.count = float(state["mean"]), int(state["count"])
-
-
-@torch.no_grad()
-def collapse_monitors(targets: torch.Tensor, out) -> dict[str, float]:
-    """Effective dimensionality and within-clip constant share of the targets and of the first mask
-    configuration's predictions (see vjepa/train/monitors.py)."""
-    stats = {f"target_{k}": v for k, v in collapse_stats(targets).items()}
-    preds = collapse_stats(out.predictions[0], out.prediction_valid[0])
-    return {**stats, **{f"pred_{k}": v for k, v in preds.items()}}
 
 
 # ----------------------------------------------------------------------------- building a run
@@ -236,7 +228,7 @@ class Run:
     data: BatchStream
     ckpts: CheckpointManager
     owns_group: bool
-    guard: LossGuard
+    guard: SpikeGuard
     probe: PeriodicProbe | None = None  # eval.every_steps: the run probing itself
 
     def save(self, step: int) -> None:
@@ -244,7 +236,7 @@ class Run:
 
         def write(folder: Path) -> None:
             self.engine.save(folder)
-            extra = {"loss_guard": self.guard.state_dict()}
+            extra = {"spike_guard": self.guard.state_dict()}
             save_trainer_state(folder, self.env.rank, step=step, data=self.data.state_dict(), extra=extra)
             if self.env.is_main:
                 save_config(self.cfg, RunFolder(folder).config)
@@ -307,7 +299,7 @@ def build_run(cfg: Config) -> Run:
     data = build_train_stream(
         cfg.data, mask_generator=masks, seed=cfg.train.seed, rank=env.rank, world_size=env.world_size
     )
-    guard = LossGuard(cfg.train.loss_spike_factor, cfg.train.loss_guard_warmup)
+    guard = SpikeGuard(cfg.train.spike_guard)
     probe = PeriodicProbe(cfg, device, main=env.is_main) if cfg.eval.every_steps > 0 else None
     return Run(cfg, env, device, folder, engine, data, ckpts, owns_group, guard, probe)
 
@@ -319,8 +311,8 @@ def resume(run: Run) -> int:
     restored = restore_newest(run) if cfg.checkpoint.resume else None
     if restored is not None:
         step, extra = restored
-        if "loss_guard" in extra:
-            run.guard.load_state_dict(extra["loss_guard"])
+        if "spike_guard" in extra:
+            run.guard.load_state_dict(extra["spike_guard"])
         if run.env.is_main:  # the steps after the checkpoint run again and are logged again
             trim_log(run.folder.root, step)
         return step
@@ -372,13 +364,16 @@ def loop(run: Run, start: int, signals: StopSignals) -> TrainSummary:
                 log.warning("stopping before step %d (%s); nothing to save", step, stopped_by)
                 break
             t0 = time.perf_counter()
-            batch, stream = next_batch(run.data, stream)
+            batches, stream = next_batches(run.data, stream, cfg.optim.accumulate)  # micro-batches, in order
             t1 = time.perf_counter()
             monitor = cfg.log.monitor_every > 0 and step % cfg.log.monitor_every == 0
             limit = run.guard.limit()
-            result = train_step(run.engine, batch, step, cfg, run.device, monitor=monitor, max_loss=limit)
+            max_loss = None if limit is None else limit.value
+            result = train_step(
+                run.engine, batches, step, cfg, run.device, monitor=monitor, max_loss=max_loss
+            )
             t2 = time.perf_counter()
-            run.guard.update(result)
+            run.guard.record(result.loss, applied=result.applied, spike=result.skipped_for == SPIKE)
             bad_in_a_row = 0 if result.applied else bad_in_a_row + 1
             skipped += not result.applied
             if not result.applied:
@@ -390,7 +385,7 @@ def loop(run: Run, start: int, signals: StopSignals) -> TrainSummary:
                 )
             else:
                 first, last = result.loss if first is None else first, result.loss
-            metrics = step_metrics(result, batch, run, skipped, t1 - t0, t2 - t0)
+            metrics = step_metrics(result, batches, run, skipped, t1 - t0, t2 - t0)
             if run.probe is not None and run.probe.due(step + 1):
                 metrics.update(run.probe(run.engine.target.module))
                 if "probe_top1" in metrics:
@@ -403,9 +398,15 @@ def loop(run: Run, start: int, signals: StopSignals) -> TrainSummary:
                     f"{bad_in_a_row} consecutive skipped steps ({why_skipped(result, limit)}; train.max_bad_steps="
                     f"{cfg.train.max_bad_steps}); stopping. {last_checkpoint(run)}"
                 )
+            if run.guard.exhausted():
+                raise LossGuardError(
+                    f"{run.guard.skipped} loss spikes skipped in all ({why_skipped(result, limit)}; "
+                    f"train.spike_guard.max_total={cfg.train.spike_guard.max_total}); stopping. "
+                    f"{last_checkpoint(run)}"
+                )
             done = step + 1
             stop = stop_requested(run, signals)
-            # No periodic save in a non-finite streak: the last checkpoint stays the last good one. (Skipped
+            # No periodic save in a streak of skipped steps: the last checkpoint stays the last good one. (Skipped
             # steps leave the weights as they were, so a save on a signal loses nothing either way.)
             if stop or (bad_in_a_row == 0 and (done % cfg.checkpoint.every_steps == 0 or done == steps)):
                 run.save(done)
@@ -435,12 +436,13 @@ def loop(run: Run, start: int, signals: StopSignals) -> TrainSummary:
     )
 
 
-def why_skipped(result: StepResult, limit: float | None) -> str:
-    if not math.isfinite(result.loss):
-        return "non-finite loss"
-    if limit is not None and result.loss > limit:
-        return f"loss {result.loss:.4g} above {limit:.4g} (train.loss_spike_factor x its running mean)"
-    return "non-finite gradients"
+def why_skipped(result: StepResult, limit: SpikeLimit | None) -> str:
+    """The rule that skipped the step, with its numbers."""
+    if result.skipped_for != SPIKE:
+        return result.skipped_for
+    if limit is not None and result.loss > limit.value:
+        return limit.describe(result.loss)
+    return "a loss spike on another rank (train.spike_guard)"
 
 
 def last_checkpoint(run: Run) -> str:
@@ -456,7 +458,7 @@ def stop_requested(run: Run, signals: StopSignals) -> bool:
 
 
 def step_metrics(
-    result: StepResult, batch: VideoBatch, run: Run, skipped: int, wait_s: float, total_s: float
+    result: StepResult, batches: list[VideoBatch], run: Run, skipped: int, wait_s: float, total_s: float
 ) -> dict[str, float]:
     values, total_s = result.values, max(total_s, 1e-9)
     return {
@@ -469,11 +471,20 @@ def step_metrics(
         "target_std": result.target_std,
         "pred_std": result.pred_std,
         **result.monitors,
-        "clips_per_s": batch.clips.shape[0] * run.env.world_size / total_s,
+        "clips_per_s": sum(b.clips.shape[0] for b in batches) * run.env.world_size / total_s,
         "data_wait": wait_s / total_s,
         "skipped_steps": skipped,
         "data_skipped": run.data.stats()["skipped"],  # undecodable videos so far on this rank
     }
+
+
+def next_batches(data: BatchStream, stream, count: int):
+    """The next `count` batches (one step's micro-batches) and the stream to go on with."""
+    batches = []
+    for _ in range(count):
+        batch, stream = next_batch(data, stream)
+        batches.append(batch)
+    return batches, stream
 
 
 def next_batch(data: BatchStream, stream):
