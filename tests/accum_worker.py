@@ -1,7 +1,8 @@
 """Worker for tests/test_accumulate.py: one optimizer step on a batch of 8 clips, and the same step as
 `optim.accumulate=4` micro-batches of 2 (the same clips and masks, sliced), on fresh engines with the same
-initial weights. Imported for one process, or run under `torchrun --nproc_per_node 2` (gloo, CPU), where
-each rank takes its own batch of 8: accumulating 4 x 2 on 2 ranks must equal 1 x 8 on 2 ranks.
+initial weights; then a step skipped as a loss spike and one more step. Imported for one process, or run
+under `torchrun --nproc_per_node 2` (gloo, CPU), where each rank takes its own batch of 8: accumulating
+4 x 2 on 2 ranks must equal 1 x 8 on 2 ranks.
 
 The samples' target sets differ in size (1 to 6 of the 8 tokens), so the micro-batches have different
 numbers of target rows and a plain average of their losses is NOT the batch's loss.
@@ -79,35 +80,46 @@ def weights(engine) -> dict[str, torch.Tensor]:
 
 
 def one_step(backend: str, stage: int, accumulate: int, env: DistEnv, workdir: str) -> dict:
-    """Fresh engine (rank 0's seeded weights), one train_step on this rank's batch -> loss, norm, weights."""
+    """Fresh engine (rank 0's seeded weights); on this rank's batches: step 0, then step 1 skipped as a loss
+    spike (every loss is above max_loss=0), then step 1 again -> results and weights along the way."""
     cfg = make_config(backend, stage, accumulate, workdir)
     torch.manual_seed(cfg.train.seed + env.rank)
     engine = make_engine(cfg, build_models(cfg, CPU), CPU, env)
-    before = weights(engine)
-    batch = uneven_batch(100 + env.rank, len(cfg.mask))
-    result = train_step(engine, split(batch, accumulate), 0, cfg, CPU)
-    after = weights(engine)
+    first, second = (split(uneven_batch(s + env.rank, len(cfg.mask)), accumulate) for s in (100, 200))
+    out = {"before": weights(engine), "result": train_step(engine, first, 0, cfg, CPU)}
+    out["after"] = weights(engine)
+    out["spike"] = train_step(engine, second, 1, cfg, CPU, max_loss=0.0)
+    out["after_spike"] = weights(engine)
+    out["next"] = train_step(engine, second, 1, cfg, CPU)
+    out["final"] = weights(engine)
     engine.close()
-    return {"result": result, "before": before, "after": after}
+    return out
 
 
-def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str) -> float:
+def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str = "") -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a if k.startswith(prefix))
 
 
 def compare(backend: str, stage: int, env: DistEnv, workdir: str) -> dict:
-    """One step on the batch of 8 vs 4 accumulated micro-batches of 2, on this rank."""
+    """One step on the batch of 8 vs 4 accumulated micro-batches of 2, on this rank; then a skipped step
+    and one more step on each."""
     whole = one_step(backend, stage, 1, env, workdir)
     accum = one_step(backend, stage, ACCUMULATE, env, workdir)
+    pair = (whole, accum)
     return {
         "rank": env.rank,
-        "applied": [whole["result"].applied, accum["result"].applied],
-        "loss": [whole["result"].loss, accum["result"].loss],
-        "loss_per_mask": [whole["result"].loss_per_mask, accum["result"].loss_per_mask],
-        "grad_norm": [whole["result"].grad_norm, accum["result"].grad_norm],
+        "applied": [r["result"].applied for r in pair],
+        "loss": [r["result"].loss for r in pair],
+        "loss_per_mask": [r["result"].loss_per_mask for r in pair],
+        "grad_norm": [r["result"].grad_norm for r in pair],
         "moved": max_diff(whole["after"], whole["before"], "model."),  # the step really changed the weights
         "model_diff": max_diff(whole["after"], accum["after"], "model."),
         "target_diff": max_diff(whole["after"], accum["after"], "target."),
+        "spike_skipped_for": [r["spike"].skipped_for for r in pair],
+        "spike_moved": [max_diff(r["after_spike"], r["after"]) for r in pair],
+        "next_applied": [r["next"].applied for r in pair],
+        "next_loss": [r["next"].loss for r in pair],
+        "final_diff": max_diff(whole["final"], accum["final"]),  # no gradient left over from the skipped step
     }
 
 

@@ -1,6 +1,8 @@
 """Gradient accumulation (`optim.accumulate`) is exact: 4 micro-batches of 2 train exactly like one batch of
 8 (the same clips and masks) in one process, under DDP and under DeepSpeed ZeRO-2 (2 processes, gloo), while
-a plain average of the micro-batches' losses would not match; a run with accumulation resumes exactly.
+a plain average of the micro-batches' losses would not match; a step skipped after the earlier micro-batches'
+backward leaves no trace (DeepSpeed discards them through ZeRO's overflow path); a run with accumulation
+resumes exactly.
 
 Tolerances (fp32): the accumulated loss is a sum of four partial sums instead of one sum, which moves it by
 a few ulps (measured: 2e-8 relative; weights after the AdamW step 1.2e-7 absolute, one ulp, for a step that moves
@@ -38,6 +40,10 @@ def assert_exact(got: dict) -> None:
     assert got["grad_norm"][1] == pytest.approx(got["grad_norm"][0], rel=1e-5)
     assert got["moved"] > 1000 * WEIGHT_ATOL  # the step changed the weights far more than the tolerance
     assert got["model_diff"] <= WEIGHT_ATOL and got["target_diff"] <= WEIGHT_ATOL, got
+    # a skipped step (after the earlier micro-batches' backward) changes nothing and leaves nothing behind
+    assert got["spike_skipped_for"] == ["loss spike", "loss spike"] and got["spike_moved"] == [0.0, 0.0]
+    assert all(got["next_applied"]) and got["next_loss"][1] == pytest.approx(got["next_loss"][0], rel=1e-5)
+    assert got["final_diff"] <= 10 * WEIGHT_ATOL, got
 
 
 def test_four_micro_batches_of_two_equal_one_batch_of_eight(tmp_path: Path) -> None:
@@ -106,3 +112,34 @@ def test_a_run_with_accumulation_resumes_exactly(tmp_path: Path) -> None:
             torch.testing.assert_close(
                 resumed_state[part][key], value, rtol=0, atol=1e-6, msg=f"{part}.{key}"
             )
+
+
+def test_accumulate_values_and_contradicting_deepspeed_keys_are_errors() -> None:
+    from vjepa.distributed.deepspeed_config import deepspeed_config
+
+    with pytest.raises(ValueError, match="optim.accumulate: must be >= 1"):
+        load_config(None, ["optim.accumulate=0"])
+
+    def derive(*extra: str) -> dict:
+        cfg = load_config(None, ["data.batch_size=2", "optim.accumulate=4", "dist.backend=deepspeed", *extra])
+        return deepspeed_config(
+            cfg.dist,
+            world_size=2,
+            micro_batch=2,
+            accumulate=cfg.optim.accumulate,
+            grad_clip=None,
+            precision="fp32",
+        )
+
+    ds = derive()
+    assert ds["gradient_accumulation_steps"] == 4 and ds["train_batch_size"] == 16
+    assert ds["train_micro_batch_size_per_gpu"] == 2
+    assert (
+        derive("dist.deepspeed.gradient_accumulation_steps=4")["train_batch_size"] == 16
+    )  # agreeing is fine
+    with pytest.raises(
+        ValueError, match=r"dist.deepspeed.gradient_accumulation_steps: must equal optim.accumulate=4"
+    ):
+        derive("dist.deepspeed.gradient_accumulation_steps=2")
+    with pytest.raises(ValueError, match=r"dist.deepspeed.train_batch_size: .* = 16"):
+        derive("dist.deepspeed.train_batch_size=4")
