@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -74,9 +75,16 @@ def split(batch: VideoBatch, parts: int) -> list[VideoBatch]:
 
 
 def weights(engine) -> dict[str, torch.Tensor]:
-    out = {f"model.{n}": p.detach().clone() for n, p in engine.module.named_parameters()}
-    out.update({f"target.{n}": p.detach().clone() for n, p in engine.target.module.named_parameters()})
-    return out
+    """Full copies of the trained and the target weights (ZeRO-3: gathered from the ranks' partitions)."""
+    named = [(f"model.{n}", p) for n, p in engine.module.named_parameters()]
+    named += [(f"target.{n}", p) for n, p in engine.target.module.named_parameters()]
+    gather = nullcontext()
+    if any(hasattr(p, "ds_id") for _, p in named):
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters([p for _, p in named])
+    with gather:
+        return {n: p.detach().clone() for n, p in named}
 
 
 def one_step(backend: str, stage: int, accumulate: int, env: DistEnv, workdir: str) -> dict:
