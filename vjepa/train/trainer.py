@@ -106,9 +106,7 @@ def train_step(
             clips = normalize(batch.clips)  # [B, C, T, H, W] float, ImageNet mean/std
             with autocast_for(cfg.train.precision, device):
                 targets = target_features(engine.target.module, clips)  # [B, N, D] layer-normed, no grad
-                out = engine.model(
-                    clips, batch.masks, targets, rows
-                )  # JepaModel.forward: objective.jepa_loss
+                out = engine.model(clips, batch.masks, targets, rows)  # JepaModel.forward: jepa_loss
             if not last:
                 engine.backward(out.loss)
         tally.add(out)
