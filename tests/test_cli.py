@@ -84,12 +84,12 @@ def test_missing_data_is_found_before_the_run_folder_is_written(tmp_path, capsys
 
 
 def test_an_unwritable_out_dir_stops_before_the_models_are_built(tmp_path, capsys, monkeypatch):
-    from vjepa.train import trainer
+    from vjepa.train import run
 
     def no_models(*args, **kwargs):
         raise AssertionError("models were built")
 
-    monkeypatch.setattr(trainer, "build_models", no_models)
+    monkeypatch.setattr(run, "build_models", no_models)
     (tmp_path / "file").write_text("x")
     assert main(["train", *TINY, f"train.out_dir={tmp_path / 'file' / 'run'}"]) == 2
     (line,) = _error_lines(capsys)

@@ -360,3 +360,17 @@ def test_a_missing_source_folder_is_reported_as_a_folder(tmp_path: Path) -> None
             load_sources([SourceConfig(path=str(path))])
     with pytest.raises(ValueError, match=r"^data\.sources\.0\.path: CSV list .* does not exist"):
         load_sources([SourceConfig(path=str(tmp_path / "list.csv"))])
+
+
+def test_stored_configs_of_earlier_versions_load_and_retired_keys_are_explained(tmp_path):
+    """A run folder or model file written before train.spike_guard still reads (the retired keys are
+    dropped); a config file that sets one is told what replaced it."""
+    from vjepa.config import RETIRED_KEYS, load_config, stored_config, to_dict
+
+    raw = to_dict(load_config(None))
+    raw["train"].update(loss_spike_factor=10.0, loss_guard_warmup=20)
+    assert stored_config(raw).train.spike_guard.std_factor == 6.0
+    (tmp_path / "old.yaml").write_text("train:\n  loss_spike_factor: 10.0\n")
+    with pytest.raises(ValueError, match=r"'train.loss_spike_factor' was replaced by train\.spike_guard"):
+        load_config(tmp_path / "old.yaml")
+    assert set(RETIRED_KEYS) == {"train.loss_spike_factor", "train.loss_guard_warmup"}

@@ -127,18 +127,48 @@ def test_a_diverging_loss_is_skipped_and_never_saved(tmp_path: Path, monkeypatch
     extra = [
         "train.steps=12",
         "checkpoint.every_steps=2",
-        "train.loss_guard_warmup=3",
+        "train.spike_guard.warmup=3",
         "train.max_bad_steps=3",
     ]
     with pytest.raises(
-        trainer.LossGuardError, match=r"above .*loss_spike_factor.*The last checkpoint, .*step_00000006"
+        trainer.LossGuardError,
+        match=r"3 consecutive .*above the trailing mean .* of the last 6 applied steps \(train.spike_guard\)"
+        r".*The last checkpoint, .*step_00000006",
     ):
         trainer.train(cfg_for(tmp_path / "guarded", *extra))
     rows = [json.loads(line) for line in (tmp_path / "guarded" / "log.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in rows] == [0] * 6 + [1, 2, 3]
     calls["n"] = 0
-    summary = trainer.train(cfg_for(tmp_path / "off", *extra, "train.loss_spike_factor=0"))
+    summary = trainer.train(cfg_for(tmp_path / "off", *extra, "train.spike_guard.std_factor=0"))
     assert summary.skipped_steps == 0  # without the guard the same losses are trained on
+
+
+def test_the_spike_guard_total_cap_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every other step spikes: never max_bad_steps in a row, but spike_guard.max_total in all."""
+    from vjepa import objective
+    from vjepa.train import trainer
+
+    real = objective.jepa_loss
+    calls = {"n": 0}
+
+    def spiking(*args, **kwargs):
+        calls["n"] += 1
+        out = real(*args, **kwargs)
+        if calls["n"] > 4 and calls["n"] % 2:  # steps 4, 6, 8, ... spike
+            out.loss = out.loss * 100.0
+        return out
+
+    monkeypatch.setattr(objective, "jepa_loss", spiking)
+    extra = [
+        "train.steps=20",
+        "train.spike_guard.warmup=3",
+        "train.max_bad_steps=2",
+        "train.spike_guard.max_total=3",
+    ]
+    with pytest.raises(trainer.LossGuardError, match=r"3 loss spikes skipped in all .*max_total=3"):
+        trainer.train(cfg_for(tmp_path, *extra))
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["skipped_steps"] for r in rows] == [0, 0, 0, 0, 1, 1, 2, 2, 3]
 
 
 def test_a_resumed_run_logs_each_step_once(tmp_path: Path) -> None:

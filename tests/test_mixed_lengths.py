@@ -235,3 +235,56 @@ def test_images_in_tar_shards_are_one_frame_clips_with_their_labels(data, tmp_pa
         seen += [(k, int(y)) for g in images for k, y in zip(g.keys, g.labels)]
     assert seen and all(k.startswith("images-000000/s") for k, _ in seen)
     assert all(int(k.rsplit("s", 1)[1]) % 2 == y for k, y in seen)  # KEY.cls read with its image
+
+
+def _merge(batches):
+    """The MixedBatches of one step as one batch: each length's clips and per-sample masks concatenated."""
+    from data_pipelines import MaskBatch, VideoBatch
+
+    by_length: dict[int, list] = {}
+    for batch in batches:
+        for g in batch.groups():
+            by_length.setdefault(g.clips.shape[2], []).append(g)
+    parts = []
+    for t in sorted(by_length, reverse=True):
+        gs = by_length[t]
+        masks = []
+        for k in range(len(gs[0].masks)):
+            samples = [g.masks[k].sample(i) for g in gs for i in range(g.clips.shape[0])]
+            masks.append(MaskBatch.from_lists([c for c, _ in samples], [x for _, x in samples]))
+        clips = torch.cat([g.clips for g in gs])
+        keys = [key for g in gs for key in g.keys]
+        parts.append(VideoBatch(clips, torch.cat([g.labels for g in gs]), masks, keys))
+    return MixedBatch(parts)
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["vjepa2", "vjepa21"])
+def test_accumulated_mixed_micro_batches_equal_their_merged_batch(data, tmp_path, dense):
+    """3 micro-batches of several lengths (not every length in each) train exactly like the one batch that
+    holds all their clips: the pair means and (with V-JEPA 2.1's terms) the context loss are the step's."""
+    import copy
+
+    from vjepa.distributed.env import DistEnv
+    from vjepa.train.trainer import make_engine, train_step
+
+    extra = ["loss.context_weight=0.5", "loss.levels=[0,1]"] if dense else []
+    cfg = mixed_config(data, tmp_path, "optim.warmup_steps=0", *extra)
+    micro = [b for b, _ in zip(stream(cfg, seed=3), range(3))]
+    micro[1] = MixedBatch(micro[1].parts[:2])  # one micro-batch without images
+    merged = _merge(micro)
+    model = tiny_models(cfg)
+    results, weights = [], []
+    for batches in (micro, merged):
+        engine = make_engine(cfg, copy.deepcopy(model), torch.device("cpu"), DistEnv())
+        results.append(train_step(engine, batches, 0, cfg, torch.device("cpu")))
+        weights.append({k: v.detach().clone() for k, v in engine.module.state_dict().items()})
+    accum, whole = results
+    assert accum.applied and whole.applied
+    assert accum.loss == pytest.approx(whole.loss, rel=1e-5)
+    assert accum.loss_per_mask == pytest.approx(whole.loss_per_mask, rel=1e-5)
+    if dense:
+        assert accum.terms["context_loss"] == pytest.approx(whole.terms["context_loss"], rel=1e-5)
+    moved = max((weights[1][k] - v).abs().max().item() for k, v in model.state_dict().items())
+    assert moved > 1e-4
+    for key, value in weights[1].items():
+        torch.testing.assert_close(weights[0][key], value, rtol=0, atol=2e-6, msg=key)

@@ -132,6 +132,7 @@ def test_a_second_signal_during_the_save_changes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from vjepa import checkpoint
+    from vjepa.train import run as run_module
     from vjepa.train import trainer
 
     real_step, real_save = trainer.train_step, checkpoint.save_trainer_state
@@ -149,7 +150,7 @@ def test_a_second_signal_during_the_save_changes_nothing(
         real_save(folder, rank, **kwargs)
 
     monkeypatch.setattr(trainer, "train_step", step_then_signal)
-    monkeypatch.setattr(trainer, "save_trainer_state", save_with_interruption)
+    monkeypatch.setattr(run_module, "save_trainer_state", save_with_interruption)
     summary = trainer.train(load_config(QUICKSTART, [*TINY, f"train.out_dir={tmp_path}"]))
     assert summary.stopped_by == "SIGUSR1" and summary.steps_run == 3 and saves == [3]
     latest = CheckpointManager(tmp_path / "checkpoints").latest()

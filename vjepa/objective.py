@@ -42,6 +42,16 @@ class JepaOutput:
     terms: dict[str, float] = field(default_factory=dict)  # loss.* terms (context_loss, context_weight)
 
 
+@dataclass(frozen=True)
+class StepRows:
+    """Row counts of a whole accumulated step (all its micro-batches), per mask token (length l, configuration
+    k: l * M + k): its target rows, its context rows, and how many (length, configuration) pairs it holds."""
+
+    target: torch.Tensor  # [mask tokens] float
+    context: torch.Tensor  # [mask tokens] float
+    pairs: int
+
+
 def masked_token_std(x: torch.Tensor, valid: torch.Tensor) -> float:
     """Mean over channels of the std across the real tokens of x [B, K, D]."""
     return packed_token_std(x[valid])
@@ -92,6 +102,7 @@ def jepa_loss(
     masks: list[MaskBatch] | list[list[MaskBatch]],
     clip_lengths: tuple[int, ...] | None = None,
     dense: DenseLoss | None = None,
+    denominators: StepRows | None = None,
 ) -> JepaOutput:
     """clips [B, C, T, H, W] float (normalised); targets [B, N, D] from `target_features`; one MaskBatch per
     mask configuration (its position selects the predictor's mask token). `dense`: the V-JEPA 2.1 terms
@@ -101,7 +112,12 @@ def jepa_loss(
     targets[g] [Bg, Ng, D], masks[g] (one MaskBatch per configuration); every group and configuration runs in
     the same encoder and predictor pass. `clip_lengths` (the run's lengths, data.clip_lengths() order) maps
     length Tg to its index l, and (l, k) selects mask token l * M + k. The loss is the mean over the (length,
-    configuration) pairs present of each pair's token-weighted mean."""
+    configuration) pairs present of each pair's token-weighted mean.
+
+    `denominators`: what each (length, configuration) pair's error sums are divided by, by default this
+    batch's own row counts. Gradient accumulation passes the counts over all micro-batches of the step (and
+    the pairs present in the step), so that the micro-batches' losses and gradients sum to those of the whole
+    step's batch (vjepa/train/accumulate.py)."""
     if isinstance(clips, torch.Tensor):
         clips, targets, masks = [clips], [targets], [masks]  # type: ignore[list-item]
     if not masks or not masks[0]:
@@ -128,12 +144,19 @@ def jepa_loss(
         pred = predictor(z, packed=packed)  # [Tt, D]
     else:  # loss.* switches: several levels, normalised predictions, the context term
         grid = encoder.patch_embed.grid(*clips[0].shape[2:])  # token coordinates need only its Hp, Wp
-        pred, extra = dense(predictor, z, packed, targets[0] if one else targets, grid, tokens, present)
+        step_rows = None if denominators is None else (denominators.context, denominators.pairs)
+        pred, extra = dense(
+            predictor, z, packed, targets[0] if one else targets, grid, tokens, present, step_rows
+        )
     target_h = target.gather(targets[0] if one else targets)  # [Tt, D]
     err = (pred.float() - target_h.float()).abs().mean(dim=-1)  # [Tt]
     sums = err.new_zeros(tokens).index_add(0, target.group, err)  # [mask tokens]
-    counts = torch.bincount(target.group, minlength=tokens).to(err.dtype)
-    losses = (sums / counts.clamp_min(1.0))[present]  # [pairs]: token-weighted mean within each pair
+    if denominators is None:
+        counts = torch.bincount(target.group, minlength=tokens).to(err.dtype)
+        pairs = len(present)
+    else:  # one micro-batch of an accumulated step: the step's counts and pairs
+        counts, pairs = denominators.target.to(err), denominators.pairs
+    losses = (sums / counts.clamp_min(1.0))[present]  # [pairs here]: token-weighted means (or step shares)
     pred_rows, target_rows = pred.detach(), target_h
     pred_std = target_std = 0.0
     predictions, valid = [], []
@@ -151,9 +174,15 @@ def jepa_loss(
                 if g == 0:
                     predictions.append(unpack(pred_rows[rows], m.target_valid, b))
                     valid.append(m.target_valid)
-    per_mask = losses.detach().reshape(len(clips), m_count).mean(dim=0)  # [M]: mean over the lengths
+    # [M]: each configuration's loss, the mean over the clip lengths (of the step, when accumulating)
+    if denominators is None:
+        per_mask = losses.detach().reshape(len(clips), m_count).mean(dim=0)
+        loss = losses.mean()
+    else:  # shares of the step's means: they sum over the micro-batches to the step's values
+        per_mask = losses.detach().reshape(len(clips), m_count).sum(dim=0) / (pairs / m_count)
+        loss = losses.sum() / pairs
     return JepaOutput(
-        loss=losses.mean() if extra is None else losses.mean() + extra.loss,
+        loss=loss if extra is None else loss + extra.loss,
         loss_per_mask=per_mask.tolist(),
         target_std=target_std,
         pred_std=pred_std,
@@ -186,12 +215,15 @@ class JepaModel(nn.Module):
         masks: list[MaskBatch] | list[list[MaskBatch]],
         targets: torch.Tensor | list[torch.Tensor],
         context_weight: float = 0.0,
+        denominators: StepRows | None = None,
     ) -> JepaOutput:
         """clips [B, C, T, H, W] normalised; targets [B, N, D] from `target_features`; or lists of them, one
         per clip length (see `jepa_loss`). `context_weight`: lambda of the context loss at this step (used
-        only with a dense loss that has a context term)."""
+        only with a dense loss that has a context term); `denominators`: see `jepa_loss`."""
         dense = None if self.dense is None else self.dense.at(context_weight)
-        return jepa_loss(self.encoder, self.predictor, targets, clips, masks, self.clip_lengths, dense)
+        return jepa_loss(
+            self.encoder, self.predictor, targets, clips, masks, self.clip_lengths, dense, denominators
+        )
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names (in this module) that AdamW must not decay besides the 1-D ones."""

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from vjepa.checkpoint import CONFIG_FILE, MODEL_FILE
-from vjepa.config import Config, ModelConfig, from_dict
+from vjepa.config import Config, ModelConfig, stored_config
 from vjepa.models.builder import build_encoder, build_predictor
 from vjepa.models.encoder import VisionTransformer3D
 from vjepa.models.predictor import Predictor
@@ -58,8 +58,9 @@ def read_pretrained(
 
 
 def state_config(state: dict[str, Any]) -> Config:
+    """The config stored in a checkpoint or model file (of this or an earlier version)."""
     try:
-        return from_dict(Config, state["config"])
+        return stored_config(state["config"])
     except ValueError as err:
         raise ValueError(f"the checkpoint's config does not load: {err}") from None
 

@@ -69,11 +69,13 @@ class DenseLoss:
         grid: tuple[int, int, int],
         groups: int,
         present: list[int] | None = None,
+        step_rows: tuple[torch.Tensor, int] | None = None,
     ) -> tuple[torch.Tensor, ContextTerm | None]:
         """z [Tc, D] encoder output at the packed context rows; targets [B, N, L*D] (or one per clip length);
         grid the clips' token grid (its Hp, Wp: the same for every length); `groups` mask tokens, of which the
-        batch holds `present` (default all). -> (predictions at the target rows [Tt, L*D], the context term
-        or None)."""
+        batch holds `present` (default all); `step_rows`: (context rows per mask token, pairs) of the whole
+        accumulated step, whose share this batch's term then is. -> (predictions at the target rows
+        [Tt, L*D], the context term or None)."""
         if not self.context:
             pred = predictor(z, packed=packed)  # [Tt, L*D]
             return self._normed(pred), None
@@ -91,9 +93,14 @@ class DenseLoss:
             )  # [Tc]; >= 1 between distinct grid tokens
             err = err * d.clamp_min(1.0).rsqrt()  # a sequence without target rows: weight 0
         sums = err.new_zeros(groups).index_add(0, context.group, err)  # [M]
-        counts = torch.bincount(context.group, minlength=groups).to(err.dtype)  # [M]
-        per_group = sums / counts.clamp_min(1.0)  # [groups]
-        context_loss = (per_group if present is None else per_group[present]).mean()
+        if step_rows is None:
+            counts = torch.bincount(context.group, minlength=groups).to(err.dtype)  # [M]
+            per_group = sums / counts.clamp_min(1.0)  # [groups]
+            context_loss = (per_group if present is None else per_group[present]).mean()
+        else:  # this micro-batch's share of the accumulated step's context loss
+            rows, pairs = step_rows
+            per_group = sums / rows.to(err).clamp_min(1.0)
+            context_loss = (per_group if present is None else per_group[present]).sum() / pairs
         term = ContextTerm(
             loss=self.context_weight * context_loss,
             context_loss=float(context_loss.detach()),

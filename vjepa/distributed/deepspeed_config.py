@@ -1,7 +1,8 @@
 """DeepSpeed's config, derived from ours: one source of truth for batch size, clipping, ZeRO stage and
 precision, with `dist.deepspeed` raw keys deep-merged on top and checked against ours.
 
-    train_micro_batch_size_per_gpu = data.batch_size, gradient_accumulation_steps = 1,
+    train_micro_batch_size_per_gpu = data.batch_size, gradient_accumulation_steps = optim.accumulate,
+    train_batch_size = data.batch_size x optim.accumulate x world size,
     gradient_clipping = optim.grad_clip (0 = off), zero_optimization.stage = dist.zero_stage,
     torch_autocast {enabled, bfloat16} when train.precision = bf16 (fp32 weights; never DeepSpeed's bf16 mode)
 """
@@ -20,14 +21,22 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 
 def deepspeed_config(
-    dist: DistConfig, *, world_size: int, micro_batch: int, grad_clip: float | None, precision: str
+    dist: DistConfig,
+    *,
+    world_size: int,
+    micro_batch: int,
+    grad_clip: float | None,
+    precision: str,
+    accumulate: int = 1,
 ) -> dict[str, Any]:
-    """DeepSpeed's config derived from ours (`micro_batch` = data.batch_size, `grad_clip` = optim.grad_clip,
-    `precision` = train.precision), with `dist.deepspeed` raw keys deep-merged on top and checked."""
+    """DeepSpeed's config derived from ours (`micro_batch` = data.batch_size, `accumulate` = optim.accumulate,
+    `grad_clip` = optim.grad_clip, `precision` = train.precision), with `dist.deepspeed` raw keys deep-merged
+    on top and checked."""
+    global_batch = micro_batch * accumulate * world_size
     derived: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro_batch,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": micro_batch * world_size,
+        "gradient_accumulation_steps": accumulate,
+        "train_batch_size": global_batch,
         "gradient_clipping": float(grad_clip or 0.0),
         "zero_optimization": {"stage": dist.zero_stage},
         "steps_per_print": 2**31 - 1,  # progress is logged by our trainer
@@ -58,14 +67,14 @@ def deepspeed_config(
         f"must equal data.batch_size={micro_batch}",
     )
     _require(
-        ds["gradient_accumulation_steps"] == 1,
+        ds["gradient_accumulation_steps"] == accumulate,
         "gradient_accumulation_steps",
-        "must be 1 (one backward per step)",
+        f"must equal optim.accumulate={accumulate} (set optim.accumulate instead)",
     )
     _require(
-        ds["train_batch_size"] == micro_batch * world_size,
+        ds["train_batch_size"] == global_batch,
         "train_batch_size",
-        f"must equal data.batch_size x world size = {micro_batch * world_size}",
+        f"must equal data.batch_size x optim.accumulate x world size = {global_batch}",
     )
     _require(
         float(ds["gradient_clipping"]) == float(grad_clip or 0.0),

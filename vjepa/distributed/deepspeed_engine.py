@@ -15,6 +15,11 @@
 - Non-finite steps: the trainer checks the loss before backward and the global gradient norm (computed
   here from each rank's gradient partition and all-reduced) after it, identically on every rank. A step
   skipped after backward discards the gradients through ZeRO's own overflow path.
+- Gradient accumulation (`optim.accumulate` = k): DeepSpeed's own, `gradient_accumulation_steps` = k. The
+  micro-batches before a step's last run inside `no_sync`, which marks them as no accumulation boundary and
+  calls DeepSpeed's step after their backward (it only counts the micro-step); the last one's backward
+  reduces, and its step updates. The trainer's losses are already each micro-batch's exact share of the
+  step's loss, so backward does not divide them by k again (`scale_wrt_gas=False`).
 - Clipping: DeepSpeed clips inside its step from `gradient_clipping` (= optim.grad_clip), so
   `clip_gradients` has nothing left to do.
 - Checkpoints: DeepSpeed's sharded format under `<folder>/deepspeed/`, plus the target (`target.pt`, or one
@@ -23,7 +28,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -76,6 +82,7 @@ class DeepSpeedEngine:
         precision: str,
         micro_batch: int,
         device: torch.device,
+        accumulate: int = 1,
     ) -> None:
         deepspeed = _import_deepspeed()
         from deepspeed.accelerator import get_accelerator
@@ -98,6 +105,7 @@ class DeepSpeedEngine:
             dist,
             world_size=self.world_size,
             micro_batch=micro_batch,
+            accumulate=accumulate,
             grad_clip=grad_clip,
             precision=precision,
         )
@@ -119,8 +127,20 @@ class DeepSpeedEngine:
 
     # ------------------------------------------------------------------ one step
 
+    @contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """A micro-batch before the step's last: no accumulation boundary (ZeRO-2/3 still reduce-scatter
+        into the gradient partitions, ZeRO-0/1 keep them local), and DeepSpeed's step after the backward
+        only advances its micro-step count."""
+        self.model.set_gradient_accumulation_boundary(False)
+        try:
+            yield
+            self.model.step()
+        finally:
+            self.model.set_gradient_accumulation_boundary(True)
+
     def backward(self, loss: torch.Tensor) -> None:
-        self.model.backward(loss)
+        self.model.backward(loss, scale_wrt_gas=False)  # the loss is already this micro-batch's exact share
 
     @torch.no_grad()
     def grad_norm(self) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 `vjepa.train.trainer.train_step` is the V-JEPA update itself (targets, loss, finite checks, backward,
 clipping, optimizer step, EMA). It calls an `Engine` only for what the backend decides: how the forward is
-wrapped (so gradients get reduced), how backward and the optimizer step run, how the global gradient norm is
-computed, where the EMA target's weights live, and how the weights are checkpointed.
+wrapped (so gradients get reduced), how micro-batches accumulate gradients before the last one's reduction,
+how backward and the optimizer step run, how the global gradient norm is computed, where the EMA target's
+weights live, and how the weights are checkpointed.
 
 Engines: `TorchEngine` (one process, or DDP when the model is wrapped in DistributedDataParallel) and
 `DeepSpeedEngine` (deepspeed_engine.py, ZeRO stages 0-3), chosen by `build_engine` from `dist.backend`.
@@ -14,6 +15,7 @@ way (`build_replica_engine`: the action-conditioned predictor of `vjepa train-ac
 from __future__ import annotations
 
 import inspect
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Protocol
 
@@ -39,6 +41,9 @@ class Engine(Protocol):
 
     def barrier(self) -> None: ...
     def all_ranks(self, flag: bool) -> bool: ...  # True only if `flag` holds on every rank
+    # wraps the forward and backward of every micro-batch of a step but the last: gradients accumulate, and
+    # the reduction across ranks completes in the last micro-batch's backward
+    def no_sync(self) -> AbstractContextManager[None]: ...
     def backward(self, loss: torch.Tensor) -> None: ...
     def grad_norm(self) -> torch.Tensor: ...
     def clip_gradients(self, max_norm: float, total_norm: torch.Tensor) -> None: ...
@@ -74,6 +79,11 @@ class ReplicaEngine:
         self.module, self.model = model, wrapped if wrapped is not None else model
         self.optimizer, self.device, self.rank = optimizer, device, rank
         self.barrier, self.all_ranks = collectives(device)
+
+    def no_sync(self) -> AbstractContextManager[None]:
+        """Gradient accumulation: DDP's own `no_sync` (the gradients stay local and are reduced, summed with
+        them, in the last micro-batch's backward); nothing to do in one process."""
+        return self.model.no_sync() if self.model is not self.module else nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -221,7 +231,7 @@ def build_engine(
 
         return DeepSpeedEngine(
             model, optimizer_factory, dist=dist, grad_clip=optim.grad_clip, precision=precision,
-            micro_batch=micro_batch, device=device,
+            micro_batch=micro_batch, accumulate=optim.accumulate, device=device,
         )  # fmt: skip
     model = model.to(device)
     wrapped = wrap_ddp(

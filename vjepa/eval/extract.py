@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from data_pipelines import EvalClipSpec, EvalVideo, iter_eval_videos, normalize
-from vjepa.config import Config, from_dict
+from vjepa.config import Config
 from vjepa.models.builder import build_encoder
 from vjepa.models.weights import LOAD_ERRORS, load_weights
+from vjepa.pretrained import state_config
 from vjepa.utils import atomic_write
 
 __all__ = [
@@ -102,10 +103,7 @@ def load_checkpoint_state(checkpoint: str | Path) -> dict[str, Any]:
 
 
 def checkpoint_config(state: dict[str, Any]) -> Config:
-    try:
-        return from_dict(Config, state["config"])
-    except ValueError as err:
-        raise ValueError(f"the checkpoint's config does not load: {err}") from None
+    return state_config(state)
 
 
 def load_encoder(

@@ -173,3 +173,12 @@ def collapse_verdict(
     out["healthy"] = healthy if seen else None
     out["warn_fraction"], out["clip_const_max"] = warn_fraction, clip_const_max
     return out
+
+
+@torch.no_grad()
+def collapse_monitors(targets: torch.Tensor, out) -> dict[str, float]:
+    """Effective dimensionality and within-clip constant share of the targets and of the first mask
+    configuration's predictions (the stats above)."""
+    stats = {f"target_{k}": v for k, v in collapse_stats(targets).items()}
+    preds = collapse_stats(out.predictions[0], out.prediction_valid[0])
+    return {**stats, **{f"pred_{k}": v for k, v in preds.items()}}
