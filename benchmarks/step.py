@@ -3,6 +3,7 @@ every mask configuration, backward, optimizer, EMA) and clips/s, against a dense
 same run; on a GPU also model FLOP utilisation (MFU).
 
     vjepa bench step --model vit_large --frames 16 --crop 224 --batch 24 --json
+    vjepa bench step --frames 16 --crop 112 --lengths 16,8,1 --counts 2,2,8   # several clip lengths: step_mixed
 
 FLOPs are counted analytically on the real, unpadded tokens (vjepa/train/flops.py: matmuls only, 2 per
 multiply-add; per token 2 x the matmul parameters it passes through, per sequence of L tokens 4 L^2 D per
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import torch
@@ -175,6 +177,11 @@ def timed(fn, device: torch.device) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    given = sys.argv[1:] if argv is None else argv
+    if any(a.startswith("--lengths") for a in given):  # a batch of several clip lengths: step_mixed
+        from benchmarks.step_mixed import main as mixed
+
+        return mixed(given)
     from data_pipelines import normalize
     from vjepa.objective import pack_masks
     from vjepa.train.trainer import autocast_for, train_step

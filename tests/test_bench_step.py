@@ -91,3 +91,14 @@ def test_step_pair_runs_two_checkouts_in_turn(capsys):
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["before_ms"] > 0 and row["after_ms"] > 0 and len(row["round_speedups"]) == 2
     assert row["speedup"] == pytest.approx(row["before_ms"] / row["after_ms"], rel=1e-2)
+
+
+def test_bench_step_with_lengths_compares_a_mixed_batch_with_one_length(capsys):
+    """`vjepa bench step --lengths ...` runs the mixed-length comparison: both batches hold the same grid
+    tokens, and the FLOP rates and their ratio are reported (no timing is asserted)."""
+    args = "--model vit_test --frames 4 --crop 64 --lengths 4,2,1 --counts 2,2,4 --pred-width 32"
+    args += " --pred-depth 1 --pred-heads 2 --steps 1 --warmup 0 --json"
+    assert main(["bench", "step", *args.split()]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["bench"] == "step_mixed" and out["mixed_grid_tokens"] == out["single_grid_tokens"] == 160
+    assert out["mixed_tflops"] > 0 and out["single_tflops"] > 0 and out["mixed_vs_single"] > 0
