@@ -96,6 +96,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.dist
+@pytest.mark.slow  # about 30 s; phases over 2 ranks also run in the SLURM tier (tests/test_slurm.py)
 def test_two_phases_under_torchrun_ddp(ddp_run: Path) -> None:
     opt = torch.load(ddp_run / "phase-1-b" / "checkpoints" / "step_00000002" / "model.pt", weights_only=True)
     assert {int(s["step"]) for s in opt["opt"]["state"].values()} == {4}  # AdamW ran on from phase a
