@@ -88,7 +88,7 @@ def loader_pass(cfg: DataConfig, *, masks: bool) -> tuple[int, int, float]:
     generator = MaskGenerator(default_mask_specs(), grid=grid, seed=0) if masks else None
     start = time.perf_counter()
     loader = build_loader(cfg, mask_generator=generator, seed=0)
-    clips = sum(batch.clips.shape[0] for batch in loader)
+    clips = sum(batch.num_clips for batch in loader)
     return clips, loader.stats()["skipped"], time.perf_counter() - start
 
 

@@ -342,7 +342,7 @@ class ShardStream:
                 self._position = StreamPosition(info.epoch, info.batch + 1, info.step + 1, tuple(cursors))
                 self._skips.merge(info.skips)
                 self._skips.check(self.cfg.max_skip_fraction, self.cfg.skip_check_min_samples)
-                self._clips += batch.clips.shape[0]
+                self._clips += batch.num_clips
                 yield batch
         finally:
             # stop the workers now, also on an early break (see VideoLoader.__iter__)
