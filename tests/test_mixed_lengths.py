@@ -288,3 +288,16 @@ def test_accumulated_mixed_micro_batches_equal_their_merged_batch(data, tmp_path
     assert moved > 1e-4
     for key, value in weights[1].items():
         torch.testing.assert_close(weights[0][key], value, rtol=0, atol=2e-6, msg=key)
+
+
+def test_packed_target_features_equal_each_length_alone(data, tmp_path):
+    """The target's one packed pass over the clips of every length gives each length's dense features."""
+    from vjepa.objective import packed_target_features
+
+    for pos in ("sincos", "rope"):
+        cfg = mixed_config(data, tmp_path, f"model.pos_embed={pos}")
+        model = tiny_models(cfg)
+        clips = [normalize(g.clips) for g in next(iter(stream(cfg))).groups()]
+        packed = packed_target_features(model.encoder, clips)
+        for c, h in zip(clips, packed):
+            torch.testing.assert_close(h, target_features(model.encoder, c), rtol=1e-5, atol=1e-5)

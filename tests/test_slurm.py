@@ -129,8 +129,7 @@ def test_warning_signal_checkpoints_requeues_and_continues_exactly(
     assert len(first) == 1, first  # only the signal saved: no periodic checkpoint was due
     reached = int(first[0].split("_")[1])
     assert 6 <= reached < steps and logged_steps(run) == list(range(reached))
-    # SLURM holds a requeued job for a while before it is eligible again; let it start now
-    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    start_requeued(cluster, job)
     info = wait_for(cluster, job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=300)
     job_log = (run / "slurm" / f"job-{job}.log").read_text()
     assert info["JobState"] == "COMPLETED", job_log + cluster.logs()
@@ -171,6 +170,14 @@ def test_extract_script_splits_the_parts_over_two_tasks(cluster: SlurmCluster, t
         assert a.keys == b.keys and torch.equal(a.tokens, b.tokens)
 
 
+def start_requeued(cluster: SlurmCluster, job: str) -> None:
+    """SLURM holds a requeued job for a while before it is eligible again; let it start now. Not in the
+    same second as the requeue: slurmd revokes the killed run's credential by job id and time in seconds,
+    and a restart within that second is refused as "Job credential revoked" (seen once in this suite)."""
+    time.sleep(2.0)
+    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+
+
 def test_warning_signal_in_phase_two_requeues_and_resumes_in_phase_two(
     cluster: SlurmCluster, tmp_path: Path
 ) -> None:
@@ -193,7 +200,7 @@ def test_warning_signal_in_phase_two_requeues_and_resumes_in_phase_two(
     assert len(first) == 1, first  # the signal's checkpoint, in phase b
     reached = int(first[0].split("_")[1])
     assert 4 <= reached < steps and not (run_b / "PHASE_DONE").exists()
-    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    start_requeued(cluster, job)
     info = wait_for(cluster, job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=300)
     job_log = (run / "slurm" / f"job-{job}.log").read_text()
     assert info["JobState"] == "COMPLETED", job_log + cluster.logs()

@@ -94,6 +94,28 @@ def target_features(
     return F.layer_norm(h, (h.shape[-1],))
 
 
+@torch.no_grad()
+def packed_target_features(
+    target_encoder: nn.Module, clips: list[torch.Tensor], levels: Sequence[int] = ()
+) -> list[torch.Tensor]:
+    """`target_features` of clip batches of several lengths [Bg, C, Tg, H, W], in one packed pass over every
+    token of every clip (one sequence per clip: the same attention as each clip alone, and the linear layers
+    run on one matrix instead of one per length) -> [Bg, Ng, D] per length. With `levels`: per length."""
+    if levels or len(clips) == 1:
+        return [target_features(target_encoder, c, levels) for c in clips]
+    embed = target_encoder.patch_embed
+    parts, offset, sizes = [], 0, []
+    for c in clips:
+        tp, hp, wp = embed.grid(*c.shape[2:])
+        b, n = c.shape[0], tp * hp * wp
+        every = torch.arange(n, device=c.device).expand(b, n)  # [Bg, Ng]: the whole grid of each clip
+        parts.append(PackedIndex.from_padded(every, None, 0, offset))
+        offset, sizes = offset + b, [*sizes, (b, n)]
+    h = target_encoder(clips, packed=PackedIndex.cat(parts))  # [sum Bg*Ng, D]
+    h = F.layer_norm(h, (h.shape[-1],))
+    return [x.reshape(b, n, -1) for x, (b, n) in zip(h.split([b * n for b, n in sizes]), sizes)]
+
+
 def jepa_loss(
     encoder: nn.Module,
     predictor: nn.Module,

@@ -28,7 +28,7 @@ from data_pipelines import BatchStream, MixedBatch, VideoBatch, normalize
 from vjepa.config import Config
 from vjepa.dense.config import context_weight_at
 from vjepa.distributed.engine import Engine
-from vjepa.objective import target_features
+from vjepa.objective import packed_target_features
 from vjepa.train.accumulate import StepTally, micro_batches, target_rows
 from vjepa.train.metrics import RunLogger
 from vjepa.train.monitors import collapse_monitors
@@ -113,7 +113,7 @@ def train_step(
             masks = [g.masks for g in groups]
             with autocast_for(cfg.train.precision, device):
                 # [B, N, L*D] layer-normed, no grad
-                targets = [target_features(engine.target.module, c, cfg.loss.levels) for c in clips]
+                targets = packed_target_features(engine.target.module, clips, cfg.loss.levels)
                 if len(groups) == 1:
                     clips, targets, masks = clips[0], targets[0], masks[0]
                 out = engine.model(clips, masks, targets, lam, rows)  # JepaModel.forward: jepa_loss
