@@ -291,13 +291,40 @@ def test_accumulated_mixed_micro_batches_equal_their_merged_batch(data, tmp_path
 
 
 def test_packed_target_features_equal_each_length_alone(data, tmp_path):
-    """The target's one packed pass over the clips of every length gives each length's dense features."""
+    """The target's one packed pass over the clips of every length (one patch embedding call for all of
+    them) gives each length's dense features, also with several levels."""
     from vjepa.objective import packed_target_features
 
     for pos in ("sincos", "rope"):
         cfg = mixed_config(data, tmp_path, f"model.pos_embed={pos}")
         model = tiny_models(cfg)
         clips = [normalize(g.clips) for g in next(iter(stream(cfg))).groups()]
-        packed = packed_target_features(model.encoder, clips)
-        for c, h in zip(clips, packed):
-            torch.testing.assert_close(h, target_features(model.encoder, c), rtol=1e-5, atol=1e-5)
+        for levels in ((), (0, 1)):
+            packed = packed_target_features(model.encoder, clips, levels)
+            for c, h in zip(clips, packed):
+                alone = target_features(model.encoder, c, levels)
+                torch.testing.assert_close(h, alone, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.dist
+def test_mixed_lengths_train_under_zero3_on_two_processes(data, tmp_path):
+    """Under ZeRO-3 every rank must call the same modules the same number of times (parameters are
+    gathered in forward hooks), whatever clip lengths its batches hold: one patch embedding and one target
+    pass per micro-batch. With one embedding call per length the ranks' calls differ and the run hangs
+    (it did at step 1 with these batches)."""
+    from test_distributed import run_torchrun
+
+    cfg = mixed_config(data, tmp_path)  # writes mixed.yaml
+    overrides = [o for o in TINY if not o.startswith("train.out_dir")]
+    args = ["-m", "vjepa", "train", "--config", str(tmp_path / "mixed.yaml"), *overrides]
+    args += ["dist.backend=deepspeed", "dist.zero_stage=3", "optim.accumulate=2", "data.batch_size=4"]
+    args += [
+        "train.steps=4",
+        f"train.out_dir={tmp_path / 'z3'}",
+        "loss.levels=[0,1]",
+        "loss.context_weight=0.5",
+    ]
+    proc = run_torchrun(args, timeout=240)
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["steps_run"] == 4 and summary["world_size"] == 2 and summary["skipped_steps"] == 0
+    assert cfg.data.clip_lengths() == [4, 2, 1]

@@ -100,9 +100,10 @@ def packed_target_features(
 ) -> list[torch.Tensor]:
     """`target_features` of clip batches of several lengths [Bg, C, Tg, H, W], in one packed pass over every
     token of every clip (one sequence per clip: the same attention as each clip alone, and the linear layers
-    run on one matrix instead of one per length) -> [Bg, Ng, D] per length. With `levels`: per length."""
-    if levels or len(clips) == 1:
-        return [target_features(target_encoder, c, levels) for c in clips]
+    run on one matrix instead of one per length; and the same module calls on every rank, as ZeRO-3 needs)
+    -> [Bg, Ng, D] per length ([Bg, Ng, L*D] with `levels`)."""
+    if len(clips) == 1:
+        return [target_features(target_encoder, clips[0], levels)]
     embed = target_encoder.patch_embed
     parts, offset, sizes = [], 0, []
     for c in clips:
@@ -111,8 +112,13 @@ def packed_target_features(
         every = torch.arange(n, device=c.device).expand(b, n)  # [Bg, Ng]: the whole grid of each clip
         parts.append(PackedIndex.from_padded(every, None, 0, offset))
         offset, sizes = offset + b, [*sizes, (b, n)]
-    h = target_encoder(clips, packed=PackedIndex.cat(parts))  # [sum Bg*Ng, D]
-    h = F.layer_norm(h, (h.shape[-1],))
+    every = PackedIndex.cat(parts)
+    if levels:  # each level layer-normed, side by side
+        outs = target_encoder(clips, packed=every, levels=list(levels))  # L x [sum Bg*Ng, D]
+        h = torch.cat([F.layer_norm(o, (o.shape[-1],)) for o in outs], dim=-1)  # [sum Bg*Ng, L*D]
+    else:
+        h = target_encoder(clips, packed=every)  # [sum Bg*Ng, D]
+        h = F.layer_norm(h, (h.shape[-1],))
     return [x.reshape(b, n, -1) for x, (b, n) in zip(h.split([b * n for b, n in sizes]), sizes)]
 
 

@@ -133,40 +133,70 @@ class VisionTransformer3D(nn.Module):
             x = x + self.positions(grid).to(x.dtype)
         return x, grid
 
-    def _forward_packed(self, clips: torch.Tensor | list[torch.Tensor], context: PackedIndex) -> torch.Tensor:
+    def embed_lengths(self, clips: list[torch.Tensor]) -> tuple[list[torch.Tensor], tuple[int, int, int]]:
+        """Batches of several clip lengths (same H, W) -> (tokens with positions [Bg, Ng, D] per batch, the
+        first one's grid). One patch-embedding call for all of them (a tubelet's tokens depend on it alone,
+        so the clips are cut into tubelets and embedded together): the same module calls on every rank
+        whatever lengths its batch holds, which ZeRO-3's parameter gathering needs."""
+        grids = [self.patch_embed.grid(*c.shape[2:]) for c in clips]
+        if len({g[1:] for g in grids}) > 1:
+            raise ValueError(f"clips of one batch need one frame size, got grids {grids}")
+        tubelet = self.patch_embed.tubelet
+        pieces = []
+        for c, (tp, _, _) in zip(clips, grids):
+            if c.shape[2] == 1 and tubelet > 1:
+                c = c.expand(-1, -1, tubelet, -1, -1)  # an image: one tubelet
+            b, ch, _, h, w = c.shape
+            tubes = c.reshape(b, ch, tp, tubelet, h, w).transpose(1, 2)  # [Bg, Tp, C, tubelet, H, W]
+            pieces.append(tubes.reshape(b * tp, ch, tubelet, h, w))
+        x = self.patch_embed(torch.cat(pieces))  # [sum Bg*Tp, Hp*Wp, D]
+        tokens = []
+        for rows, c, grid in zip(x.split([p.shape[0] for p in pieces]), clips, grids):
+            t = rows.reshape(c.shape[0], -1, rows.shape[-1])  # [Bg, Tp*Hp*Wp, D], time-major
+            tokens.append(t if self.use_rope else t + self.positions(grid).to(t.dtype))
+        return tokens, grids[0]
+
+    def _forward_packed(
+        self,
+        clips: torch.Tensor | list[torch.Tensor],
+        context: PackedIndex,
+        levels: list[int] | None = None,
+    ) -> torch.Tensor | list[torch.Tensor]:
         """The encoder on packed context sets (any number of mask configurations; the patch embedding of a
         clip is computed once for all of them): clips [B, C, T, H, W], or one such batch per clip length
-        (same H, W; clips numbered across them) -> [Tc, D]."""
+        (same H, W; clips numbered across them) -> [Tc, D]; with `levels`, one [Tc, D] per level."""
         if isinstance(clips, torch.Tensor):
             tokens, grid = self.embed(clips)  # [B, N, D]
         else:
-            embedded = [self.embed(c) for c in clips]  # ([Bg, Ng, D], grid) per length
-            tokens, grid = [t for t, _ in embedded], embedded[0][1]
-            if len({g[1:] for _, g in embedded}) > 1:
-                raise ValueError(
-                    f"clips of one batch need one frame size, got grids {[g for _, g in embedded]}"
-                )
+            tokens, grid = self.embed_lengths(clips)  # [Bg, Ng, D] per length
         x = context.gather(tokens)  # [Tc, D]
         coords = token_coords(context.token, grid) if self.use_rope else None  # [Tc, 3]
-        x = run_blocks(self.blocks, x, coords, context.layout, self.grad_ckpt)
-        return self.norm(x)
+        if levels is None:
+            return self.norm(run_blocks(self.blocks, x, coords, context.layout, self.grad_ckpt))
+        return self._levels(x, coords, context.layout, levels)
 
-    def _forward_levels(self, clips: torch.Tensor, levels: list[int]) -> list[torch.Tensor]:
-        """The full clip through the blocks up to the last of `levels` -> one [B, N, D] per level: an
-        intermediate block's output layer-normed without affine, the last block's through `self.norm`."""
+    def _levels(
+        self, x: torch.Tensor, coords: torch.Tensor | None, layout: VarlenLayout | None, levels: list[int]
+    ) -> list[torch.Tensor]:
+        """x through the blocks up to the last of `levels` -> one tensor per level: an intermediate block's
+        output layer-normed without affine, the last block's through `self.norm`."""
         if not levels:
             raise ValueError("levels: give at least one block index")
         check_levels(levels, len(self.blocks), "levels")
+        outs, done = [], 0
+        for i in levels:
+            x = run_blocks(self.blocks[done : i + 1], x, coords, layout, self.grad_ckpt)
+            done = i + 1
+            outs.append(self.norm(x) if i == len(self.blocks) - 1 else F.layer_norm(x, (x.shape[-1],)))
+        return outs
+
+    def _forward_levels(self, clips: torch.Tensor, levels: list[int]) -> list[torch.Tensor]:
+        """The full clip's `levels` (see `_levels`) -> one [B, N, D] per level."""
         x, grid = self.embed(clips)  # [B, N, D]
         coords = None
         if self.use_rope:
             coords = grid_coords(grid, device=x.device)[None].expand(x.shape[0], -1, -1)  # [B, N, 3]
-        outs, done = [], 0
-        for i in levels:
-            x = run_blocks(self.blocks[done : i + 1], x, coords, None, self.grad_ckpt)
-            done = i + 1
-            outs.append(self.norm(x) if i == len(self.blocks) - 1 else F.layer_norm(x, (x.shape[-1],)))
-        return outs
+        return self._levels(x, coords, None, levels)
 
     def forward(
         self,
@@ -180,10 +210,12 @@ class VisionTransformer3D(nn.Module):
         """clips [B, C, T, H, W] -> [B, N, D]; or [B, K, D] at `context_idx` [B, K] (zeros on padding rows;
         context_valid None: every row is real); or, with `packed`, the packed context rows [Tc, D] (clips may then
         be a list of batches of several clip lengths). With `levels` (block indices, full clips only): a list of
-        [B, N, D], one per level (see _forward_levels)."""
+        [B, N, D], one per level (see _forward_levels), or with `packed` one [Tc, D] per level."""
+        if levels is not None and packed is not None:
+            return self._forward_packed(clips, packed, list(levels))
         if levels is not None:
-            if packed is not None or context_idx is not None:
-                raise ValueError("levels: only for full clips (no context_idx or packed)")
+            if context_idx is not None:
+                raise ValueError("levels: for full clips or packed sets (not context_idx)")
             return self._forward_levels(clips, list(levels))
         if packed is not None:
             return self._forward_packed(clips, packed)
