@@ -4,6 +4,7 @@ features) — which also pins down why the push scene's agent is as large as it 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -88,3 +89,19 @@ def test_the_default_agent_is_large_enough_for_the_true_feature_energy_to_lead_t
     assert small["success_rate"] < large["success_rate"]
     assert small["first_step_energy_span"] < large["first_step_energy_span"] / 2
     assert large["episodes"] == 6
+
+
+def test_the_diagnose_benchmark_probes_and_plans_with_a_checkpointed_encoder(tmp_path, capsys) -> None:
+    from tiny import TINY_RUN
+
+    from benchmarks.world_diagnose import main
+    from vjepa.config import load_config
+    from vjepa.train.trainer import train
+
+    overrides = [*TINY_RUN, "train.steps=1", "checkpoint.every_steps=1", f"train.out_dir={tmp_path}/enc"]
+    train(load_config(None, overrides))
+    flags = ["--encoder", str(tmp_path / "enc"), "--crop", "32", "--probe-frames", "20", "--episodes", "1"]
+    main([*flags, "--grid", "3"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["probe"]["frames"] == 20 and result["probe"]["tokens"] == 4  # 32 px / patch 16 = 2 x 2
+    assert result["oracle"]["episodes"] == 1 and result["agent_radius"] == PushEnvParams.agent_radius

@@ -24,12 +24,35 @@ import torch
 from torch import nn
 
 from data_pipelines.push_env import PushEnv
+from vjepa.world.ac_predictor import encode_frames
 from vjepa.world.evaluate import goal_scene
+from vjepa.world.features import frames_to_clips
 
-__all__ = ["FrameFeatures", "action_sensitivity", "oracle_planning", "ridge_r2", "state_probe"]
+__all__ = [
+    "FrameFeatures",
+    "action_sensitivity",
+    "encoder_features",
+    "oracle_planning",
+    "ridge_r2",
+    "state_probe",
+]
 
 # uint8 frames [n, H, W, 3] -> features [n, N, F] (e.g. the frozen encoder through encode_frames)
 FrameFeatures = Callable[[np.ndarray], torch.Tensor]
+
+
+def encoder_features(encoder: nn.Module, device: torch.device, *, batch: int = 64) -> FrameFeatures:
+    """The frozen encoder's per-frame features (`encode_frames`, as training and planning see them), `batch`
+    frames per call."""
+
+    def features(frames: np.ndarray) -> torch.Tensor:
+        chunks = [
+            encode_frames(encoder, frames_to_clips(frames[i : i + batch, None], device))[:, 0]  # [b, N, F]
+            for i in range(0, len(frames), batch)
+        ]
+        return torch.cat(chunks).float().cpu()
+
+    return features
 
 
 def ridge_r2(
