@@ -45,6 +45,7 @@ def build_ac_predictor(
             heads=settings.heads,
             mlp_ratio=settings.mlp_ratio,
             residual=settings.residual,
+            action_scale=settings.action_scale,
         )
     return predictor.to(device)
 

@@ -65,7 +65,8 @@ class _CausalBlock(nn.Module):
 class ACPredictor(nn.Module):
     """forward(features [B, T, N, F], actions [B, T, A], states [B, T, S]) -> predicted features of steps
     1..T [B, T, N, F] (output t predicts step t + 1). With `residual`, output t is step t's features plus the
-    predicted change."""
+    predicted change. Actions are multiplied by `action_scale` first (e.g. 1 / the largest action, so that
+    they reach the predictor at the scale of its other inputs)."""
 
     def __init__(
         self,
@@ -79,6 +80,7 @@ class ACPredictor(nn.Module):
         heads: int = 6,
         mlp_ratio: float = 4.0,
         residual: bool = False,
+        action_scale: float = 1.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -98,6 +100,11 @@ class ACPredictor(nn.Module):
             )
         self.grid, self.feature_dim = (int(grid[0]), int(grid[1])), feature_dim
         self.action_dim, self.state_dim = action_dim, state_dim
+        if not action_scale > 0:
+            raise ValueError(f"action_scale must be > 0, got {action_scale}")
+        # actions are multiplied by this before their embedding: small velocities (the push scene's are at
+        # most 0.05) would otherwise reach the predictor as near-zero tokens it learns to ignore
+        self.action_scale = float(action_scale)
         self.residual = (
             residual  # predict the change from step t's features (copying is where training starts)
         )
@@ -144,7 +151,7 @@ class ACPredictor(nn.Module):
             )
         x = torch.cat(
             [
-                self.action_embed(actions)[:, :, None],  # [B, T, 1, D]
+                self.action_embed(actions * self.action_scale)[:, :, None],  # [B, T, 1, D]
                 self.state_embed(states)[:, :, None],  # [B, T, 1, D]
                 self.feature_embed(features),  # [B, T, N, D]
             ],

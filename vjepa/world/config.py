@@ -103,6 +103,9 @@ class ACPredictorSettings:
     heads: int = 4
     mlp_ratio: float = 4.0
     residual: bool = False  # predict the change from the current features (output = input + prediction)
+    # actions are multiplied by this before the predictor embeds them; the push scene's velocities are at most
+    # 0.05 per axis, so 20 brings them to [-1, 1], the scale of the states and features
+    action_scale: float = 1.0
 
     def validate(self, prefix: str = "predictor") -> None:
         for key in ("width", "depth", "heads"):
@@ -110,6 +113,7 @@ class ACPredictorSettings:
         _check(self.width % self.heads == 0, f"{prefix}.width", f"must be divisible by {prefix}.heads")
         _check(self.width // self.heads >= 6, f"{prefix}.heads", "leaves a head dim below 6 (3-D RoPE)")
         _check(self.mlp_ratio > 0, f"{prefix}.mlp_ratio", f"must be > 0, got {self.mlp_ratio}")
+        _check(self.action_scale > 0, f"{prefix}.action_scale", f"must be > 0, got {self.action_scale}")
 
 
 @dataclass
