@@ -77,6 +77,8 @@ def test_a_checkpoint_of_another_run_is_refused_in_one_line(tmp_path: Path) -> N
         train(cfg_for(tmp_path, "train.steps=4", "model.name=vit_tiny"))
     with pytest.raises(ValueError, match=r"data.batch_size: 2 -> 4.*allow_new_batch_size"):
         train(cfg_for(tmp_path, "train.steps=4", "data.batch_size=4"))
+    with pytest.raises(ValueError, match=r"optim.accumulate: 1 -> 2.*allow_new_batch_size"):  # the global batch
+        train(cfg_for(tmp_path, "train.steps=4", "optim.accumulate=2"))
     summary = train(
         cfg_for(tmp_path, "train.steps=4", "data.batch_size=4", "checkpoint.allow_new_batch_size=true")
     )
@@ -213,3 +215,17 @@ def test_a_worker_stops_when_its_torchrun_agent_dies(tmp_path: Path) -> None:
     finally:
         if agent.poll() is None:
             agent.kill()
+
+
+def test_a_run_saved_before_optim_accumulate_existed_resumes(tmp_path: Path) -> None:
+    """A saved config without the key (an earlier version's run) counts as accumulate 1."""
+    import yaml
+
+    from vjepa.train.trainer import train
+
+    train(cfg_for(tmp_path, "train.steps=2"))
+    for config in tmp_path.rglob("config.yaml"):
+        raw = yaml.safe_load(config.read_text())
+        del raw["optim"]["accumulate"]
+        config.write_text(yaml.safe_dump(raw))
+    assert train(cfg_for(tmp_path, "train.steps=3")).start_step == 2

@@ -41,10 +41,16 @@ FIXED_KEYS = (
 )
 
 
+# the global batch: changes only with checkpoint.allow_new_batch_size
+BATCH_KEYS = ("data.batch_size", "optim.accumulate")
+# keys younger than some saved runs: what a saved config without them had
+SAVED_DEFAULTS = {"optim.accumulate": 1}
+
+
 def _get(tree: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         if not isinstance(tree, dict) or part not in tree:
-            return None
+            return SAVED_DEFAULTS.get(dotted)
         tree = tree[part]
     return tree
 
@@ -57,7 +63,7 @@ def differences(folder: Path, cfg: Config, world_size: int) -> list[str]:
     except (OSError, yaml.YAMLError) as err:
         raise DamagedFile(f"checkpoint {folder}: unreadable config.yaml ({err})") from err
     now = to_dict(cfg)
-    keys = list(FIXED_KEYS) + ([] if cfg.checkpoint.allow_new_batch_size else ["data.batch_size"])
+    keys = list(FIXED_KEYS) + ([] if cfg.checkpoint.allow_new_batch_size else list(BATCH_KEYS))
     out = [f"{k}: {_get(saved, k)!r} -> {_get(now, k)!r}" for k in keys if _get(saved, k) != _get(now, k)]
     if len(saved.get("mask", [])) != len(now["mask"]):
         out.append(f"mask: {len(saved.get('mask', []))} configurations -> {len(now['mask'])}")
@@ -76,7 +82,7 @@ def refuse_if_foreign(folder: Path, cfg: Config, world_size: int) -> None:
             f"in a new run: vjepa export --checkpoint {folder} --out model.pt, then train.init_from=model.pt"
             + (
                 ""
-                if "data.batch_size" not in " ".join(diff)
+                if not any(k in " ".join(diff) for k in BATCH_KEYS)
                 else "; checkpoint.allow_new_batch_size=true keeps the weights and restarts the data"
             )
         )
