@@ -77,7 +77,9 @@ def test_a_checkpoint_of_another_run_is_refused_in_one_line(tmp_path: Path) -> N
         train(cfg_for(tmp_path, "train.steps=4", "model.name=vit_tiny"))
     with pytest.raises(ValueError, match=r"data.batch_size: 2 -> 4.*allow_new_batch_size"):
         train(cfg_for(tmp_path, "train.steps=4", "data.batch_size=4"))
-    with pytest.raises(ValueError, match=r"optim.accumulate: 1 -> 2.*allow_new_batch_size"):  # the global batch
+    with pytest.raises(
+        ValueError, match=r"optim.accumulate: 1 -> 2.*allow_new_batch_size"
+    ):  # the global batch
         train(cfg_for(tmp_path, "train.steps=4", "optim.accumulate=2"))
     summary = train(
         cfg_for(tmp_path, "train.steps=4", "data.batch_size=4", "checkpoint.allow_new_batch_size=true")
