@@ -185,23 +185,7 @@ def jepa_loss(
     else:  # one micro-batch of an accumulated step: the step's counts and pairs
         counts, pairs = denominators.target.to(err), denominators.pairs
     losses = (sums / counts.clamp_min(1.0))[present]  # [pairs here]: token-weighted means (or step shares)
-    pred_rows, target_rows = pred.detach(), target_h
-    pred_std = target_std = 0.0
-    predictions, valid = [], []
-    start, seq = 0, 0
-    with torch.no_grad():
-        for g, group_masks in enumerate(
-            masks
-        ):  # pair (g, k): sequences seq ... seq + Bg - 1, contiguous rows
-            for m in group_masks:
-                b = m.batch_size
-                rows = slice(start, start + sum(target.layout.lengths[seq : seq + b]))
-                start, seq = rows.stop, seq + b
-                pred_std += packed_token_std(pred_rows[rows]) / len(present)
-                target_std += packed_token_std(target_rows[rows]) / len(present)
-                if g == 0:
-                    predictions.append(unpack(pred_rows[rows], m.target_valid, b))
-                    valid.append(m.target_valid)
+    pred_std, target_std, predictions, valid = _pair_stats(pred.detach(), target_h, target, masks)
     # [M]: each configuration's loss, the mean over the clip lengths (of the step, when accumulating)
     if denominators is None:
         per_mask = losses.detach().reshape(len(clips), m_count).mean(dim=0)
@@ -218,6 +202,30 @@ def jepa_loss(
         prediction_valid=valid,
         terms={} if extra is None else extra.metrics(),
     )
+
+
+@torch.no_grad()
+def _pair_stats(
+    pred: torch.Tensor, target_h: torch.Tensor, target: PackedIndex, masks: list[list[MaskBatch]]
+) -> tuple[float, float, list[torch.Tensor], list[torch.Tensor]]:
+    """The monitors of `jepa_loss`: the std of predictions and targets (pred, target_h [Tt, D]) averaged over
+    the (length, configuration) pairs, and the first length group's predictions per configuration, padded
+    [B, Kt, D], with their valid masks."""
+    pairs = sum(len(group) for group in masks)
+    pred_std = target_std = 0.0
+    predictions, valid = [], []
+    start, seq = 0, 0
+    for g, group_masks in enumerate(masks):
+        for m in group_masks:  # pair (g, k): sequences seq ... seq + Bg - 1, contiguous rows
+            b = m.batch_size
+            rows = slice(start, start + sum(target.layout.lengths[seq : seq + b]))
+            start, seq = rows.stop, seq + b
+            pred_std += packed_token_std(pred[rows]) / pairs
+            target_std += packed_token_std(target_h[rows]) / pairs
+            if g == 0:
+                predictions.append(unpack(pred[rows], m.target_valid, b))
+                valid.append(m.target_valid)
+    return pred_std, target_std, predictions, valid
 
 
 class JepaModel(nn.Module):
