@@ -97,12 +97,21 @@ def test_batches_hold_one_group_per_length_with_masks_on_its_grid(data, tmp_path
     ]
 
 
-def test_an_image_in_a_video_source_is_a_bad_sample(data, tmp_path):
-    cfg = mixed_config(data, tmp_path, lengths=(2,))
-    cfg.data.sources[1].path = str(data / "img")  # images in a source of 2-frame clips: all bad
-    cfg.data.sources[1].frames_per_clip = 2
+def test_a_video_source_does_not_read_image_files_and_an_image_listed_in_one_is_a_bad_sample(
+    data, tmp_path, caplog
+):
+    cfg = mixed_config(data, tmp_path, "data.max_skip_fraction=1.0", lengths=(2,))
+    cfg.data.sources[1].path = str(data / "img")  # a folder of images as a source of 2-frame clips
     with pytest.raises(ValueError, match="no samples found"):  # a video source lists no image files
         next(iter(stream(cfg)))
+    listed = tmp_path / "images.csv"  # ... but a CSV list may name one
+    listed.write_text("".join(f"{p} 0\n" for p in sorted((data / "img").rglob("im*.*"))))
+    cfg.data.sources[1].path = str(listed)
+    s = stream(cfg)
+    for _batch, _ in zip(s, range(3)):
+        pass
+    assert s.stats()["skipped"] >= 1
+    assert "give image sources frames_per_clip: 1" in caplog.text
 
 
 def test_config_errors_name_the_source_key(data, tmp_path):
