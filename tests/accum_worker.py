@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import traceback
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -138,8 +136,8 @@ def main() -> None:
     p.add_argument("--backend", required=True)
     p.add_argument("--stage", type=int, default=0)
     args = p.parse_args()
-    code = 0
-    try:
+
+    def body() -> None:
         from vjepa.distributed.process_group import start_process_group
 
         env = read_env()
@@ -149,18 +147,8 @@ def main() -> None:
         dist.all_gather_object(every, mine)
         if env.rank == 0:
             Path(args.out).write_text(json.dumps({"world_size": env.world_size, "ranks": every}))
-    except Exception:
-        traceback.print_exc()
-        code = 1
-    finally:
-        from vjepa.distributed.process_group import stop_process_group
 
-        try:
-            stop_process_group()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+    dist_worker.run_then_exit(body)
 
 
 if __name__ == "__main__":

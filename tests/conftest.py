@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny real mp4 videos (frame number encoded in the pixel values) and tar shards."""
+"""Shared fixtures: tiny real mp4 videos (frame number encoded in the pixel values) and tar shards; the
+world-model tests' encoder and push trajectories."""
 
 from __future__ import annotations
 
@@ -117,3 +118,24 @@ def rotated_mp4(degrees: int, frames: int = 4) -> bytes:
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    """The world-model tests' inputs: a one-step tiny encoder checkpoint and six 32-px push trajectories of 9
+    frames (built once per test module)."""
+    from tiny import TINY_RUN
+
+    from data_pipelines.push_env import PushEnvParams
+    from data_pipelines.trajectories import write_push_trajectories
+    from vjepa.config import load_config
+    from vjepa.train.trainer import train
+
+    root = tmp_path_factory.mktemp("world")
+    train(
+        load_config(
+            None, [*TINY_RUN, "train.steps=1", "checkpoint.every_steps=1", f"train.out_dir={root}/enc"]
+        )
+    )
+    write_push_trajectories(root / "traj", episodes=6, steps=8, seed=0, params=PushEnvParams(size=32))
+    return {"encoder": root / "enc", "train": root / "traj", "root": root}

@@ -18,6 +18,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -294,13 +295,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main() -> None:
-    args = parse()
+def run_then_exit(body: Callable[[], None]) -> None:
+    """A worker's whole run: `body()`, then the process group stopped and the process ended at once (exit 1
+    and the traceback printed when `body` raised)."""
     code = 0
     try:
-        result = scenario(args)
-        if result["rank"] == 0:
-            Path(args.out).write_text(json.dumps(result))
+        body()
     except Exception:
         traceback.print_exc()
         code = 1
@@ -313,6 +313,17 @@ def main() -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)  # ZeRO-3 processes can abort in interpreter teardown; skip it once all is written
+
+
+def main() -> None:
+    args = parse()
+
+    def body() -> None:
+        result = scenario(args)
+        if result["rank"] == 0:
+            Path(args.out).write_text(json.dumps(result))
+
+    run_then_exit(body)
 
 
 if __name__ == "__main__":

@@ -15,32 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 from test_distributed import json_objects, run_torchrun
-from tiny import TINY_RUN
 
-from data_pipelines.push_env import PushEnvParams
-from data_pipelines.trajectories import write_push_trajectories
-from vjepa.config import load_config
 from vjepa.train.metrics import read_log
 from vjepa.world.ac_checkpoint import read_ac_checkpoint
 from vjepa.world.config import load_ac_config
 from vjepa.world.train import train_ac
 
 STEPS, PER_RANK = 3, 2
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict[str, Path]:
-    """A one-step tiny encoder checkpoint and six 32-px push trajectories of 9 frames."""
-    from vjepa.train.trainer import train
-
-    root = tmp_path_factory.mktemp("world_dist")
-    train(
-        load_config(
-            None, [*TINY_RUN, "train.steps=1", "checkpoint.every_steps=1", f"train.out_dir={root}/enc"]
-        )
-    )
-    write_push_trajectories(root / "traj", episodes=6, steps=8, seed=0, params=PushEnvParams(size=32))
-    return {"encoder": root / "enc", "train": root / "traj"}
 
 
 def overrides(world: dict[str, Path], out: Path, *extra: str) -> list[str]:

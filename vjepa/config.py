@@ -44,6 +44,19 @@ Backend = Literal["single", "ddp", "deepspeed"]
 ZeroStage = Literal[0, 1, 2, 3]
 
 
+# The model keys that shape the weights: a resumed run and every phase of `train.phases` keep them.
+ARCHITECTURE_KEYS = (
+    "model.name",
+    "model.patch_size",
+    "model.tubelet_size",
+    "model.pos_embed",
+    "model.rope_layout",
+    "model.pred_width",
+    "model.pred_depth",
+    "model.pred_heads",
+)
+
+
 @dataclass
 class ModelConfig:
     name: str = "vit_large"  # encoder size, see vjepa.models.registry

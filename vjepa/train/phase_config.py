@@ -21,20 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vjepa.config import ARCHITECTURE_KEYS
 from vjepa.utils import deep_merge
 
 # What a phase may not change (dotted keys; a key names its whole subtree). The weights carry over, so the
 # architecture stays; the process group and the device are started once for every phase; the run folder,
 # the length and the starting point of a phase are the phase list's business.
 FIXED = (
-    "model.name",
-    "model.patch_size",
-    "model.tubelet_size",
-    "model.pos_embed",
-    "model.rope_layout",
-    "model.pred_width",
-    "model.pred_depth",
-    "model.pred_heads",
+    *ARCHITECTURE_KEYS,
     "dist",
     "train.device",
     "train.out_dir",

@@ -18,21 +18,14 @@ from typing import Any
 import yaml
 
 from vjepa.checkpoint import RunFolder, load_trainer_state, saved_world_size
-from vjepa.config import Config, to_dict
+from vjepa.config import ARCHITECTURE_KEYS, Config, to_dict
 from vjepa.models.weights import DamagedFile
 
 log = logging.getLogger(__name__)
 
 # what must match between the saved run and this one (dotted keys of the config)
 FIXED_KEYS = (
-    "model.name",
-    "model.patch_size",
-    "model.tubelet_size",
-    "model.pos_embed",
-    "model.rope_layout",
-    "model.pred_width",
-    "model.pred_depth",
-    "model.pred_heads",
+    *ARCHITECTURE_KEYS,
     "data.dataset",
     "data.frames_per_clip",
     "data.crop_size",
