@@ -4,6 +4,7 @@ load (on a shared CPU, runs minutes apart differ by 20 % and more). Prints one J
 the speedup and every round's ratio.
 
     python benchmarks/step_pair.py --before /path/to/main --after . --model vit_tiny --frames 8 --crop 112
+    python benchmarks/step_pair.py --before . --before-set train.host_memory=release   # one option, A/B
 
 The workers use only `load_config`, `build_models`, `make_engine`, `MaskGenerator`, `build_train_stream` and
 `train_step`, which both checkouts must have; each runs with one torch thread unless --threads says more.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -44,6 +46,7 @@ def worker(args: argparse.Namespace) -> None:
             "train.device=cpu",
             f"train.steps={args.rounds + args.warmup}",
             "optim.warmup_steps=0",
+            *(args.before_set if args.side == "before" else args.after_set),
         ],
     )
     engine = make_engine(cfg, build_models(cfg, device), device, DistEnv())
@@ -54,15 +57,20 @@ def worker(args: argparse.Namespace) -> None:
     batch = next(iter(build_train_stream(cfg.data, mask_generator=masks, seed=cfg.train.seed)))
     print("ready", flush=True)
     for step, _ in enumerate(sys.stdin):
-        t0, c0 = time.perf_counter(), time.process_time()
+        f0, t0, c0 = faults(), time.perf_counter(), time.process_time()
         train_step(engine, batch, step, cfg, device)
-        print(time.perf_counter() - t0, time.process_time() - c0, flush=True)
+        print(time.perf_counter() - t0, time.process_time() - c0, faults() - f0, flush=True)
 
 
-def start(root: Path, args: argparse.Namespace, argv: list[str]) -> subprocess.Popen:
-    """A worker for the checkout at `root`, given this command's arguments `argv`."""
+def faults() -> int:
+    """Minor page faults of this process so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def start(side: str, root: Path, args: argparse.Namespace, argv: list[str]) -> subprocess.Popen:
+    """The `side` worker, for the checkout at `root`, given this command's arguments `argv`."""
     env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS=str(args.threads))
-    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", *argv]
+    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", "--side", side, *argv]
     # cwd = the checkout, and this file run by path: `vjepa` and `data_pipelines` come from `root`.
     proc = subprocess.Popen(argv, cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     if proc.stdout.readline().strip() != "ready":
@@ -81,32 +89,41 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=6, help="timed steps per side")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--before-set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--after-set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--side", choices=("before", "after"), help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     if args.worker:
         return worker(args)
-    procs = {
-        "before": start(args.before.resolve(), args, argv),
-        "after": start(args.after.resolve(), args, argv),
-    }
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in procs}
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        for side in ("before", "after"):
+            procs[side] = start(side, getattr(args, side).resolve(), args, argv)
+    except RuntimeError:
+        for proc in procs.values():  # the side that did start
+            proc.kill()
+        raise
+    times: dict[str, list[tuple[float, float, float]]] = {name: [] for name in procs}
     for r in range(args.warmup + args.rounds):
         for name, proc in procs.items():
             proc.stdin.write("step\n")
             proc.stdin.flush()
-            wall, cpu = map(float, proc.stdout.readline().split())
+            wall, cpu, faulted = map(float, proc.stdout.readline().split())
             if r >= args.warmup:
-                times[name].append((wall, cpu))
+                times[name].append((wall, cpu, faulted))
     for proc in procs.values():
         proc.stdin.close()
         proc.wait()
     result = {"bench": "step_pair", "model": args.model, "frames": args.frames, "crop": args.crop}
     result.update(batch=args.batch, rounds=args.rounds, threads=args.threads)
+    result.update(before_set=args.before_set, after_set=args.after_set)
     for name, ts in times.items():
         result[f"{name}_ms"] = round(statistics.median(t[0] for t in ts) * 1000, 1)
         result[f"{name}_cpu_ms"] = round(statistics.median(t[1] for t in ts) * 1000, 1)
+        result[f"{name}_page_faults"] = int(statistics.median(t[2] for t in ts))  # minor, per step
     result["speedup"] = round(result["before_ms"] / result["after_ms"], 3)
     result["speedup_cpu"] = round(result["before_cpu_ms"] / result["after_cpu_ms"], 3)
     result["round_speedups"] = [round(b[0] / a[0], 3) for b, a in zip(times["before"], times["after"])]

@@ -91,6 +91,18 @@ def test_step_pair_runs_two_checkouts_in_turn(capsys):
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["before_ms"] > 0 and row["after_ms"] > 0 and len(row["round_speedups"]) == 2
     assert row["speedup"] == pytest.approx(row["before_ms"] / row["after_ms"], rel=1e-2)
+    assert row["before_page_faults"] >= 0 and row["after_page_faults"] >= 0
+
+
+def test_step_pair_gives_each_side_its_overrides():
+    """--before-set / --after-set reach only their side's config: a bad value stops that worker."""
+    root = str(Path(__file__).resolve().parents[1])
+    pair = runpy.run_path(str(Path(root) / "benchmarks" / "step_pair.py"), run_name="pair")["main"]
+    argv = ["--before", root, "--after", root, "--model", "vit_test", "--frames", "4", "--crop", "32"]
+    argv += ["--batch", "2", "--rounds", "1", "--warmup", "0", "--json"]
+    with pytest.raises(RuntimeError, match="did not start"):
+        pair([*argv, "--after-set", "train.host_memory=hold"])
+    pair([*argv, "--before-set", "train.host_memory=release"])  # a good value on the other side runs
 
 
 def test_bench_step_with_lengths_compares_a_mixed_batch_with_one_length(capsys):

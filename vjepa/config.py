@@ -39,6 +39,7 @@ RopeLayout = Literal["half", "vjepa2"]
 Attention = Literal["sdpa", "xformers"]  # xformers: CUDA only
 Schedule = Literal["vjepa1", "vjepa2"]  # vjepa1: warmup + cosine; vjepa2: warmup + constant [+ cooldown]
 Precision = Literal["bf16", "fp32"]  # bf16: autocast with fp32 weights
+HostMemory = Literal["keep", "release"]  # keep: freed host memory stays in the process (vjepa/host_memory.py)
 CompileBackend = Literal["inductor", "aot_eager", "eager"]  # torch.compile backends (eager: Dynamo only)
 Backend = Literal["single", "ddp", "deepspeed"]
 ZeroStage = Literal[0, 1, 2, 3]
@@ -172,6 +173,9 @@ class TrainConfig:
     steps: int = 100  # unused with train.phases (each phase has its own steps)
     precision: Precision = "bf16"
     device: DeviceName = "auto"
+    # keep: malloc keeps the pages a step frees for the next one (no page fault per page per step; the
+    # process keeps its peak heap); release: the system's malloc settings. See vjepa/host_memory.py.
+    host_memory: HostMemory = "keep"
     seed: int = 0
     out_dir: str = "runs/default"
     max_bad_steps: int = 5  # consecutive skipped steps (non-finite or a loss spike) before the run stops

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from data_pipelines import BatchStream, MaskGenerator, build_train_stream
+from vjepa import host_memory
 from vjepa.checkpoint import CheckpointManager, RunFolder, atomic_torch_save, save_trainer_state
 from vjepa.config import Config, save_config
 from vjepa.dense.loss import DenseLoss
@@ -80,7 +81,9 @@ def environment_info(env: DistEnv) -> dict:
 
 
 def make_engine(cfg: Config, model: JepaModel, device: torch.device, env: DistEnv) -> Engine:
-    """The engine for `cfg.dist`, given the config sections it needs (and `model.compile` applied)."""
+    """The engine for `cfg.dist`, given the config sections it needs (and `model.compile` applied); sets
+    `train.host_memory` for this process first."""
+    host_memory.apply(cfg.train.host_memory)
     engine = build_engine(
         model,
         lambda module: build_optimizer(module, cfg.optim),
