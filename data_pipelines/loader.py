@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from torch.utils.data import DataLoader
 
 from data_pipelines.bad_samples import SkipStats, TooManyBadSamplesError
-from data_pipelines.batch import VideoBatch
+from data_pipelines.batch import VideoBatch, from_transport
 from data_pipelines.chain import Chain
 from data_pipelines.config import DataConfig
 from data_pipelines.dataset import BatchInfo, ClipDataset, MaskFn, Position
@@ -118,6 +118,7 @@ class VideoLoader:
         delivered: int | None = 0 if self._position.cursor == 0 else None
         try:
             for batch, info in batches:
+                batch = None if batch is None else from_transport(batch)
                 epoch = info.position.epoch
                 self._advance(info)
                 if batch is not None:

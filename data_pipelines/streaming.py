@@ -54,7 +54,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_pipelines.bad_samples import BadSampleError, SkipStats, TooManyBadSamplesError
-from data_pipelines.batch import MaskFn, VideoBatch
+from data_pipelines.batch import MaskFn, VideoBatch, for_transport, from_transport
 from data_pipelines.config import DataConfig
 from data_pipelines.dataset import _stack, augmented_clips, clip_picker, one_ahead
 from data_pipelines.decode import DecodedVideo, VideoDecoder
@@ -219,6 +219,8 @@ class _StreamDataset(IterableDataset):
                     batch, skips, cursor = self._make_batch(ahead, reads, step + k - first)
                     local.merge(skips)
                     local.check(self.cfg.max_skip_fraction, self.cfg.skip_check_min_samples)
+                    if info is not None:  # in a worker: the small tensors in the message (see batch.py)
+                        batch = for_transport(batch)
                     yield batch, _Info(epoch, k, step + k - first, role, cursor, skips)
             finally:
                 ahead.close()
@@ -335,6 +337,7 @@ class ShardStream:
         batches = iter(loader)
         try:
             for batch, info in batches:
+                batch = from_transport(batch)
                 p = self._position
                 assert info.step == p.step, f"batch for step {info.step} came at {p.step}"
                 cursors = list(p.cursors if info.epoch == p.epoch else self.dataset.fresh_cursors())

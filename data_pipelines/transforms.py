@@ -131,9 +131,11 @@ def spatial_views(frames: np.ndarray | torch.Tensor, *, crop: int, views: int) -
 
 
 def normalize(clips: torch.Tensor) -> torch.Tensor:
-    """uint8 clips [..., 3, T, H, W] (e.g. [B, 3, T, H, W]) -> float32 with ImageNet mean/std, same device."""
+    """uint8 clips [..., 3, T, H, W] (e.g. [B, 3, T, H, W]) -> float32 with ImageNet mean/std, same device;
+    contiguous whatever the clips' memory layout (the loader's batches are channels-last in memory)."""
     if clips.dtype != torch.uint8 or clips.ndim < 4 or clips.shape[-4] != 3:
         raise ValueError(f"clips must be uint8 [..., 3, T, H, W], got {tuple(clips.shape)} {clips.dtype}")
     mean = torch.tensor(IMAGENET_MEAN, device=clips.device).view(3, 1, 1, 1) * 255.0
     inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=clips.device).view(3, 1, 1, 1) * 255.0)
-    return (clips.float() - mean) * inv_std
+    x = clips.to(torch.float32, memory_format=torch.contiguous_format)  # one copy, the transpose with it
+    return x.sub_(mean).mul_(inv_std)

@@ -364,3 +364,47 @@ def test_too_few_samples_for_one_batch_says_what_to_set(shard_dir: Path, data_co
         )
         == 1
     )
+
+
+def test_batches_from_a_worker_equal_the_in_process_ones_and_carry_small_tensors_inline(
+    shard_dir: Path, data_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker sends the labels and masks inside the pickled message (numpy arrays, see batch.py) and only
+    the clips through shared memory; the main process gets tensors back, equal to an in-process loader's."""
+    from data_pipelines import batch as batch_module
+    from data_pipelines.batch import for_transport, from_transport
+
+    want = next(iter(build_loader(data_config(shard_dir, num_workers=0), mask_generator=_masks(), seed=2)))
+    got = next(iter(build_loader(data_config(shard_dir, num_workers=1), mask_generator=_masks(), seed=2)))
+    assert (
+        got.keys == want.keys and torch.equal(got.clips, want.clips) and torch.equal(got.labels, want.labels)
+    )
+    for a, b in zip(got.masks, want.masks, strict=True):
+        for name in ("context_idx", "context_valid", "target_idx", "target_valid"):
+            assert isinstance(getattr(a, name), torch.Tensor) and torch.equal(
+                getattr(a, name), getattr(b, name)
+            )
+    monkeypatch.setattr(batch_module, "INLINE_BYTES", want.clips.numel() - 1)  # these test clips are small
+    sent = for_transport(want)
+    assert isinstance(sent.clips, torch.Tensor)  # over the limit: one shared-memory tensor
+    assert isinstance(sent.labels, np.ndarray) and isinstance(sent.masks[0].target_idx, np.ndarray)
+    back = from_transport(sent)
+    assert torch.equal(back.masks[1].context_valid, want.masks[1].context_valid)
+    assert back.masks[1].context_valid.dtype == torch.bool
+
+
+def test_batch_clips_are_channels_last_in_memory_and_normalize_to_contiguous(
+    shard_dir: Path, data_config
+) -> None:
+    """The batch keeps the decoded [T, H, W, 3] order in memory (stacking is then a plain copy per clip);
+    `normalize` gives the model the same contiguous float tensor it would get from a contiguous batch."""
+    from data_pipelines.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+
+    batch = next(iter(build_loader(data_config(shard_dir, num_workers=0), mask_generator=None, seed=0)))
+    b, c, t, h, w = batch.clips.shape
+    assert batch.clips.stride() == (t * h * w * c, 1, h * w * c, w * c, c)
+    x = normalize(batch.clips)
+    assert x.is_contiguous() and x.dtype == torch.float32
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1) * 255.0
+    torch.testing.assert_close(x, (batch.clips.contiguous().float() - mean) / std)
