@@ -95,14 +95,14 @@ def test_step_pair_runs_two_checkouts_in_turn(capsys):
 
 
 def test_step_pair_gives_each_side_its_overrides():
-    """--before-set / --after-set reach only their side's config: a bad value stops that worker."""
+    """--before-set / --after-set reach only their side's config: a bad value stops that worker (the before
+    side, with none, started: its "ready" came first)."""
     root = str(Path(__file__).resolve().parents[1])
     pair = runpy.run_path(str(Path(root) / "benchmarks" / "step_pair.py"), run_name="pair")["main"]
     argv = ["--before", root, "--after", root, "--model", "vit_test", "--frames", "4", "--crop", "32"]
     argv += ["--batch", "2", "--rounds", "1", "--warmup", "0", "--json"]
     with pytest.raises(RuntimeError, match="did not start"):
-        pair([*argv, "--after-set", "train.host_memory=hold"])
-    pair([*argv, "--before-set", "train.host_memory=release"])  # a good value on the other side runs
+        pair([*argv, "--before-set", "train.host_memory=release", "--after-set", "train.host_memory=hold"])
 
 
 def test_bench_step_with_lengths_compares_a_mixed_batch_with_one_length(capsys):
