@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -108,6 +109,12 @@ def loader_pass(cfg: DataConfig, *, masks: bool) -> tuple[int, int, float, int, 
     )
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have exited (the loader's workers, once joined)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def fit_batch(sources: list[SourceConfig], batch: int) -> int:
     """`batch`, or the number of samples an epoch holds when that is smaller (said on stderr)."""
     samples = sum(round(s.weight) * s.num_samples for s in load_sources(sources))
@@ -158,14 +165,17 @@ def main(argv: list[str] | None = None) -> dict:
     )
     # alternate the two in rounds (order flipped every round) so both see the same machine load
     bare_clips = clips = skipped = steady_clips = 0
-    bare_s = loader_s = steady_s = 0.0
+    bare_s = loader_s = steady_s = bare_cpu = loader_cpu = 0.0
     for r in range(args.rounds):
         for which in ("bare", "loader") if r % 2 == 0 else ("loader", "bare"):
+            cpu = cpu_seconds()
             if which == "bare":
                 n, s = bare_loop(cfg, args.passes)
                 bare_clips, bare_s = bare_clips + n, bare_s + s
+                bare_cpu += cpu_seconds() - cpu
             else:
                 n, k, s, n_after, s_after = loader_pass(cfg, masks=not args.no_masks)
+                loader_cpu += cpu_seconds() - cpu
                 clips, skipped, loader_s = clips + n, skipped + k, loader_s + s
                 steady_clips, steady_s = steady_clips + n_after, steady_s + s_after
     result = {
@@ -173,8 +183,11 @@ def main(argv: list[str] | None = None) -> dict:
         "bare_clips_per_s": round(bare_clips / bare_s, 2),
         "ratio": round((clips / loader_s) / (bare_clips / bare_s), 3),
         # after each pass's first batch: without the worker start-up, which a training run pays once
-        "steady_clips_per_s": round(steady_clips / steady_s, 2) if steady_s > 0 else None,
-        "steady_ratio": round((steady_clips / steady_s) / (bare_clips / bare_s), 3) if steady_s > 0 else None,
+        "steady_clips_per_s": round(steady_clips / steady_s, 2) if steady_clips else None,
+        "steady_ratio": round((steady_clips / steady_s) / (bare_clips / bare_s), 3) if steady_clips else None,
+        # CPU per clip, every thread and process (the worker's counted once it has exited)
+        "cpu_ms_per_clip": round(1000 * loader_cpu / clips, 2) if clips else None,
+        "bare_cpu_ms_per_clip": round(1000 * bare_cpu / bare_clips, 2) if bare_clips else None,
         "clips": clips,
         "bare_clips": bare_clips,
         "skipped": skipped,

@@ -345,6 +345,8 @@ def test_loader_benchmark_fits_its_batch_to_a_small_data_set(
             writer.write(f"v{i}", numbered_mp4, meta={"label": 0})
     result = bench.main(["--data", str(tmp_path), "--json", "--workers", "0", "--no-masks"])
     assert (result["batch"], result["batch_asked"], result["clips"], result["skipped"]) == (4, 8, 4, 0)
+    assert result["cpu_ms_per_clip"] > 0 and result["bare_cpu_ms_per_clip"] > 0
+    assert result["steady_ratio"] is None  # one batch per pass: nothing after the first
     assert "fewer than --batch 8: measuring with batches of 4" in capsys.readouterr().err
 
 
