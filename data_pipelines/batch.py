@@ -183,8 +183,13 @@ def for_transport(batch: VideoBatch | MixedBatch) -> VideoBatch | MixedBatch:
     """Worker side: tensors of at most INLINE_BYTES as numpy arrays, sent inside the pickled message."""
 
     def inline(t: Any) -> Any:
-        small = isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.numel() * t.element_size()
-        return t.numpy() if small is not False and small <= INLINE_BYTES else t
+        if (
+            isinstance(t, torch.Tensor)
+            and t.device.type == "cpu"
+            and t.numel() * t.element_size() <= INLINE_BYTES
+        ):
+            return t.numpy()
+        return t
 
     return _map_tensors(batch, inline)
 
