@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
         "batch": args.batch,
         "precision": precision,
         "compile": args.compile,
+        "attention": args.attention,
+        "grad_ckpt": args.ckpt,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "ms_per_step": round(median * 1000, 2),

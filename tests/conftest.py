@@ -8,7 +8,6 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -92,6 +91,8 @@ def write_sample_folder(folder: Path, samples: dict[str, bytes], labels: dict[st
 def audio_only_mp4() -> bytes:
     """An mp4 holding one AAC audio stream and no video stream."""
     buf = io.BytesIO()
+    import av  # imported here: the GPU check (benchmarks/gpu_check.sh) runs the tests without PyAV
+
     with av.open(buf, mode="w", format="mp4") as out:
         stream = out.add_stream("aac", rate=8000)
         frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
@@ -108,6 +109,8 @@ def rotated_mp4(degrees: int, frames: int = 4) -> bytes:
     image = np.zeros((32, 64, 3), np.uint8)
     image[:16, :16] = 255
     buf = io.BytesIO()
+    import av  # imported here: the GPU check (benchmarks/gpu_check.sh) runs the tests without PyAV
+
     with av.open(buf, mode="w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=24)
         stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"

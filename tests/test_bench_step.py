@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,3 +117,23 @@ def test_bench_step_with_lengths_compares_a_mixed_batch_with_one_length(capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["bench"] == "step_mixed" and out["mixed_grid_tokens"] == out["single_grid_tokens"] == 160
     assert out["mixed_tflops"] > 0 and out["single_tflops"] > 0 and out["mixed_vs_single"] > 0
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_its_steps_in_dry_mode(tmp_path):
+    """benchmarks/gpu_check.sh with GPU_CHECK_DRY=1 (a tiny model, on this machine) writes its three files:
+    one summary line per run, the step runs holding the bench's own figures, the xformers runs saying why
+    they were skipped where xformers is missing."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, GPU_CHECK_DRY="1", OUT=str(tmp_path), PYTHON=sys.executable)
+    subprocess.run(
+        ["bash", str(root / "benchmarks" / "gpu_check.sh")], env=env, check=True, capture_output=True
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["device.txt", "gpu_tests.txt", "summary.jsonl"]
+    rows = {r["run"]: r for r in map(json.loads, (tmp_path / "summary.jsonl").read_text().splitlines())}
+    assert rows["gpu_tests"]["rc"] == "0"
+    for ckpt in ("off", "on"):
+        sdpa = rows[f"step_sdpa_ckpt_{ckpt}"]
+        assert sdpa["ms_per_step"] > 0 and sdpa["attention"] == "sdpa" and sdpa["grad_ckpt"] == (ckpt == "on")
+        xformers = rows[f"step_xformers_ckpt_{ckpt}"]
+        assert "ms_per_step" in xformers or "skipped" in xformers
