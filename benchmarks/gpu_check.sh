@@ -7,7 +7,8 @@
 # Needs only python3 with torch (and pyyaml, numpy); PyAV, decord, DeepSpeed and xformers may be missing (the
 # xformers rows then say so). Writes three files into $OUT (default benchmarks/results/gpu): summary.jsonl
 # (one JSON line per run: the bench's own line, or why it did not run), device.txt and gpu_tests.txt; prints
-# the summary.
+# the summary. Nothing is downloaded: for the xformers rows on a machine without it, install a wheel built
+# for that machine's torch first.
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
 #   GPU_CHECK_DRY=1 bash benchmarks/gpu_check.sh   # the same runs with a tiny model, on any device
