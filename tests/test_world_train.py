@@ -43,6 +43,7 @@ def ac_overrides(world: dict[str, Path], out: Path, *extra: str) -> list[str]:
         ("data.state=object", "data.state"),
         ("train.lr=0.1", "unknown config key 'train.lr'"),
         ("data.frames=1", "data.frames: must be >= 2"),
+        ("train.host_memory=hold", "train.host_memory: must be one of 'keep', 'release'"),
     ],
 )
 def test_ac_config_mistakes_name_the_key(override: str, message: str) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from vjepa.config import check_writable_folder, load_tree
+from vjepa.config import HostMemory, check_writable_folder, load_tree
 from vjepa.utils import DeviceName
 from vjepa.world.plan_settings import PlanSettings
 
@@ -155,6 +155,7 @@ class ACTrainSettings:
     out_dir: str = "runs/ac"
     seed: int = 0  # predictor weights and the batch order
     device: DeviceName = "auto"
+    host_memory: HostMemory = "keep"  # as the pretraining's train.host_memory (vjepa/host_memory.py)
     checkpoint_every: int = 100  # steps between checkpoints (the last step always saves)
     keep_last: int = 2
     log_every: int = 1  # steps between log.jsonl records

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from vjepa import host_memory
 from vjepa.checkpoint import (
     AC_MODEL_FILE,
     CheckpointManager,
@@ -159,6 +160,7 @@ def build_ac_run(cfg: ACConfig) -> ACRun:
     """Device, process group (dist.backend=ddp), frozen encoder, this rank's feature bank, predictor,
     engine, optimizer and run folder (config written by rank 0)."""
     cfg.check_paths()
+    host_memory.apply(cfg.train.host_memory)
     env = read_env()
     device = resolve_device(cfg.train.device, index=env.local_rank, key="train.device")
     if device.type == "cuda":
