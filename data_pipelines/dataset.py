@@ -113,9 +113,9 @@ def _stack(clips: list[torch.Tensor]) -> torch.Tensor:
     default_collate does).
 
     The crops are channels-last ([T, S, S, 3] in memory, as decoded): a batch in that layout is a plain copy
-    of each clip (a contiguous [B, 3, T, S, S] batch is a transposing gather, measured 8x slower per
-    batch in a worker on the development VM). `normalize` returns the float clips contiguous whatever the
-    layout, so the model sees the same tensor."""
+    of each clip (a contiguous [B, 3, T, S, S] batch is a transposing gather: 9 clips of 16 x 112 x 112 took
+    7.1 ms that way against 3.25 ms, fresh memory included, on the development VM). `normalize` returns the
+    float clips contiguous whatever the layout, so the model sees the same tensor."""
     first = clips[0]
     shape = (len(clips), *first.shape)
     strides = (first.numel(), *torch.empty_like(first).stride())  # the first clip's layout, made dense

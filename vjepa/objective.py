@@ -114,8 +114,7 @@ def packed_target_features(
         offset, sizes = offset + b, [*sizes, (b, n)]
     every = PackedIndex.cat(parts)
     if levels:  # each level layer-normed, side by side
-        outs = target_encoder(clips, packed=every, levels=list(levels))  # L x [sum Bg*Ng, D]
-        h = torch.cat([F.layer_norm(o, (o.shape[-1],)) for o in outs], dim=-1)  # [sum Bg*Ng, L*D]
+        h = level_targets(target_encoder, clips, levels, packed=every)  # [sum Bg*Ng, L*D]
     else:
         h = target_encoder(clips, packed=every)  # [sum Bg*Ng, D]
         h = F.layer_norm(h, (h.shape[-1],))

@@ -12,16 +12,26 @@ Shape legend: B batch, N tokens, L levels, D encoder width.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+if TYPE_CHECKING:
+    from vjepa.models.packing import PackedIndex
+
 
 @torch.no_grad()
-def level_targets(target_encoder: nn.Module, clips: torch.Tensor, levels: Sequence[int]) -> torch.Tensor:
-    """The EMA target's `levels` on the full clip, each layer-normed without affine -> [B, N, L*D]."""
-    outs = target_encoder(clips, levels=list(levels))  # L x [B, N, D]
+def level_targets(
+    target_encoder: nn.Module,
+    clips: torch.Tensor | list[torch.Tensor],
+    levels: Sequence[int],
+    packed: PackedIndex | None = None,
+) -> torch.Tensor:
+    """The EMA target's `levels` on the full clip, each layer-normed without affine -> [B, N, L*D]; with
+    `packed` (a PackedIndex over every token of clips of several lengths) -> [T, L*D]."""
+    outs = target_encoder(clips, levels=list(levels), packed=packed)  # L x [B, N, D] (or [T, D])
     return torch.cat([F.layer_norm(h, (h.shape[-1],)) for h in outs], dim=-1)
 
 
