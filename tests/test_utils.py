@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,3 +46,31 @@ def test_deep_merge() -> None:
     with pytest.raises(ValueError, match=r"'a\.d'"):
         deep_merge(base, {"a": {"d": 1}}, strict=True)
     assert deep_merge(base, {"new": 1})["new"] == 1  # not strict: new keys are added
+
+
+def test_atomic_writes_of_one_file_by_two_processes_do_not_collide(tmp_path: Path) -> None:
+    # Two ranks finishing a feature extraction together both write its index.json: each writer needs its own
+    # temporary file, or one renames the other's away and fails on a file that vanished.
+    path, go = tmp_path / "index.json", tmp_path / "go"
+    script = (
+        "import pathlib, sys, time\nfrom vjepa.utils import atomic_write\n"
+        "print(flush=True)\n"  # imported: ready
+        "while not pathlib.Path(sys.argv[3]).exists():\n    time.sleep(0.001)\n"
+        "for i in range(500):\n"
+        "    with atomic_write(sys.argv[1], fsync=False) as tmp:\n"
+        "        tmp.write_text(sys.argv[2] * 1000)\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(path), c, str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for c in "ab"
+    ]
+    for p in procs:
+        p.stdout.readline()
+    go.touch()  # both start writing together
+    errors = [p.communicate()[1].decode()[-300:] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert path.read_text() in ("a" * 1000, "b" * 1000) and not list(tmp_path.glob("*.tmp"))

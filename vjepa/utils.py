@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 import typing
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -31,16 +32,18 @@ def resolve_device(name: str = "auto", *, index: int | None = None, key: str = "
 
 @contextmanager
 def atomic_write(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
-    """Yields a temporary sibling of `path` (`<name>.tmp`) to write; when the block ends without an error the
-    file is flushed to disk and renamed over `path`, so a reader (or a run killed mid-write) sees the old
-    file or the whole new one, never half of it. On an error the temporary file is removed.
+    """Yields a temporary sibling of `path` (`<name>.<pid>-<thread>.tmp`, this writer's own) to write; when the
+    block ends without an error the file is flushed to disk and renamed over `path`, so a reader (or a run
+    killed mid-write) sees the old file or the whole new one, never half of it. Writers racing on one path
+    (ranks that finish together) each rename a whole file; the last one wins. On an error the temporary file
+    is removed.
 
         with atomic_write(out / "model.pt") as tmp:
             torch.save(state, tmp)
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
         yield tmp
         if fsync:
