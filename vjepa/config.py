@@ -69,6 +69,9 @@ class ModelConfig:
     activation_checkpointing: bool = False
     pred_width: int = 384
     pred_depth: int = 12
+    # ViT-L's; V-JEPA 1 gives the predictor the encoder's heads (3 for vit_tiny, 6 vit_small, 12 vit_base)
+    # and V-JEPA 2 12. Same FLOPs either way, but fewer, wider heads run faster on CPU: vit_tiny 8x112 batch 4
+    # took 4.5 s per step with 3 heads against 5.0 s with 16 (benchmarks/results/cpu_2core.jsonl).
     pred_heads: int = 16
     # torch.compile of encoder, target and predictor (dynamic shapes: packed lengths change every batch;
     # the variable-length attention stays outside the graphs)
