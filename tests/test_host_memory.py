@@ -15,8 +15,8 @@ from vjepa.config import load_config
 # Blocks of 1-5 MiB with overlapping lifetimes (as a step's activations have), 10 rounds after 3 of warm-up.
 # "mapped" pins glibc's starting mmap threshold (128 KiB) so every block is mapped on allocation and unmapped
 # on free: the pages fault again each round, whatever the machine. With the system's own settings ("release")
-# glibc raises its threshold as blocks are freed, and how much still faults depends on the machine: 41 % of
-# the pages on the development VM, 12 % on the CI machine; it is reported, and bounds keep from above.
+# glibc raises its threshold as blocks are freed, and how much still faults depends on the machine (41-71 % of
+# the pages on the development VM, 12 % on the CI machine), so it only bounds keep from above.
 LOOP = """
 import ctypes, ctypes.util, json, resource, sys, torch
 from vjepa import host_memory
