@@ -121,9 +121,9 @@ def _stack(clips: list[torch.Tensor]) -> torch.Tensor:
     strides = (first.numel(), *torch.empty_like(first).stride())  # the first clip's layout, made dense
     if get_worker_info() is not None:
         storage = first.untyped_storage()._new_shared(len(clips) * first.numel() * first.element_size())
+        out = first.new_empty(0).set_(storage, 0, shape, strides)
     else:
-        storage = torch.empty(len(clips) * first.numel(), dtype=first.dtype).untyped_storage()
-    out = first.new_empty(0).set_(storage, 0, shape, strides)
+        out = torch.empty_strided(shape, strides, dtype=first.dtype)
     for row, clip in zip(out, clips):
         row.copy_(clip)
     return out
@@ -294,7 +294,7 @@ class ClipDataset(IterableDataset):
                 chain.publish(i, (position.epoch, position.batch, end))
                 local.merge(skips)
                 local.check(self.cfg.max_skip_fraction, self.cfg.skip_check_min_samples)
-                if info is not None and batch is not None:  # in a worker: its small tensors in the message
+                if info is not None:  # in a worker: its small tensors in the message
                     batch = for_transport(batch)
                 yield batch, BatchInfo(position, end, skips)
         finally:

@@ -118,7 +118,7 @@ class VideoLoader:
         delivered: int | None = 0 if self._position.cursor == 0 else None
         try:
             for batch, info in batches:
-                batch = None if batch is None else from_transport(batch)
+                batch = from_transport(batch)  # None (no batch for this rank) stays None
                 epoch = info.position.epoch
                 self._advance(info)
                 if batch is not None:

@@ -18,10 +18,10 @@ from vjepa.config import load_config
 # glibc raises its threshold as blocks are freed, and how much still faults depends on the machine (41-71 % of
 # the pages on the development VM, 12 % on the CI machine), so it only bounds keep from above.
 LOOP = """
-import ctypes, ctypes.util, json, resource, sys, torch
+import json, resource, sys, torch
 from vjepa import host_memory
 if sys.argv[1] == "mapped":
-    applied = ctypes.CDLL(ctypes.util.find_library("c")).mallopt(host_memory.M_MMAP_THRESHOLD, 128 << 10) == 1
+    applied = host_memory._glibc().mallopt(host_memory.M_MMAP_THRESHOLD, 128 << 10) == 1
 else:
     applied = host_memory.apply(sys.argv[1])
 def round_():
