@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_pipelines.batch_pool import BatchPool, Slot, SlotRef
+
 __all__ = [
     "MaskBatch",
     "MaskFn",
@@ -165,36 +167,52 @@ def collate_clips(
 # and masks of a batch are 9 small tensors with the two default masks. Through a DataLoader worker on the
 # 2-core development VM, a batch of one [8, 3, 16, 112, 112] uint8 tensor and 9 [8, 200] int64 tensors took
 # 12-13 ms; with the 9 as numpy arrays (pickled in the message) 6-7 ms, as the big tensor alone did. The
-# clips stay one shared-memory tensor (`_stack` in dataset.py writes them there).
+# clips go through a slot of the loader's `BatchPool` where one is free (a `SlotRef` in the message), else
+# as one new shared-memory tensor (`_stack` in dataset.py writes them straight there).
 INLINE_BYTES = 1 << 16
 
 
-def _map_tensors(obj: Any, fn: Callable[[Any], Any]) -> Any:
-    """`obj` (a batch dataclass, list or leaf) with `fn` applied to every tensor or array leaf."""
-    if isinstance(obj, (torch.Tensor, np.ndarray)):
+def _map_leaves(obj: Any, fn: Callable[[Any], Any]) -> Any:
+    """`obj` (a batch dataclass, list or leaf) with `fn` applied to every tensor, array or SlotRef leaf."""
+    if isinstance(obj, (torch.Tensor, np.ndarray, SlotRef)):
         return fn(obj)
     if isinstance(obj, list):
-        return [_map_tensors(x, fn) for x in obj]
+        return [_map_leaves(x, fn) for x in obj]
     if is_dataclass(obj) and not isinstance(obj, type):
-        return replace(obj, **{f.name: _map_tensors(getattr(obj, f.name), fn) for f in fields(obj)})
+        return replace(obj, **{f.name: _map_leaves(getattr(obj, f.name), fn) for f in fields(obj)})
     return obj
 
 
-def for_transport(batch: VideoBatch | MixedBatch) -> VideoBatch | MixedBatch:
-    """Worker side: tensors of at most INLINE_BYTES as numpy arrays, sent inside the pickled message."""
+def for_transport(batch: VideoBatch | MixedBatch, slot: Slot | None = None) -> VideoBatch | MixedBatch:
+    """Worker side: the tensors that `slot` holds as their SlotRef, the others of at most INLINE_BYTES as
+    numpy arrays, sent inside the pickled message."""
 
     def inline(t: Any) -> Any:
-        if (
-            isinstance(t, torch.Tensor)
-            and t.device.type == "cpu"
-            and t.numel() * t.element_size() <= INLINE_BYTES
-        ):
-            return t.numpy()
+        if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
+            return t
+        if slot is not None and (ref := slot.ref(t)) is not None:
+            return ref
+        return t.numpy() if t.numel() * t.element_size() <= INLINE_BYTES else t
+
+    return _map_leaves(batch, inline)
+
+
+def from_transport(batch: VideoBatch | MixedBatch, pool: BatchPool | None = None) -> VideoBatch | MixedBatch:
+    """Main side: the arrays of `for_transport` back as tensors, and its SlotRefs as tensors over `pool`'s
+    slots (a batch that never left is unchanged)."""
+    leased: dict[int, torch.Tensor] = {}  # one lease per slot: the batch's tensors in it share the storage
+
+    def back(t: Any) -> Any:
+        if isinstance(t, np.ndarray):
+            return torch.from_numpy(t)
+        if isinstance(t, SlotRef):
+            if pool is None:
+                raise RuntimeError(
+                    f"a batch refers to slot {t.slot} of a batch pool, but the loader has none"
+                )
+            if t.slot not in leased:
+                leased[t.slot] = pool.lease(t.slot)
+            return leased[t.slot].as_strided(t.shape, t.stride, t.offset)
         return t
 
-    return _map_tensors(batch, inline)
-
-
-def from_transport(batch: VideoBatch | MixedBatch) -> VideoBatch | MixedBatch:
-    """Main side: the arrays of `for_transport` back as tensors (a batch that never left is unchanged)."""
-    return _map_tensors(batch, lambda t: torch.from_numpy(t) if isinstance(t, np.ndarray) else t)
+    return _map_leaves(batch, back)

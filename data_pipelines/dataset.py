@@ -36,6 +36,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from data_pipelines.bad_samples import BadSampleError, SkipStats, TooManyBadSamplesError
 from data_pipelines.batch import MaskFn, MixedBatch, VideoBatch, collate_clips, for_transport
+from data_pipelines.batch_pool import BatchPool, Slot
 from data_pipelines.chain import Chain
 from data_pipelines.config import DataConfig
 from data_pipelines.decode import DecodedVideo, IndexPicker, VideoDecoder
@@ -107,9 +108,10 @@ def one_ahead(items: Iterator[T]) -> Iterator[T]:
         yield previous
 
 
-def _stack(clips: list[torch.Tensor]) -> torch.Tensor:
-    """Clips [3, T, S, S] -> [B, 3, T, S, S] in the clips' own memory layout; in a worker, straight into shared
-    memory so that sending the batch to the main process copies nothing more (what DataLoader's
+def _stack(clips: list[torch.Tensor], slot: Slot | None = None) -> torch.Tensor:
+    """Clips [3, T, S, S] -> [B, 3, T, S, S] in the clips' own memory layout; in a worker, straight into
+    shared memory, so that sending the batch to the main process copies nothing more: into `slot` (of the
+    loader's BatchPool) where given and the batch fits, else into a new segment (what DataLoader's
     default_collate does).
 
     The crops are channels-last ([T, S, S, 3] in memory, as decoded): a batch in that layout is a plain copy
@@ -119,14 +121,23 @@ def _stack(clips: list[torch.Tensor]) -> torch.Tensor:
     first = clips[0]
     shape = (len(clips), *first.shape)
     strides = (first.numel(), *torch.empty_like(first).stride())  # the first clip's layout, made dense
-    if get_worker_info() is not None:
+    out = slot.tensor(shape, strides) if slot is not None and first.dtype == torch.uint8 else None
+    if out is None and get_worker_info() is not None:
         storage = first.untyped_storage()._new_shared(len(clips) * first.numel() * first.element_size())
         out = first.new_empty(0).set_(storage, 0, shape, strides)
-    else:
+    elif out is None:
         out = torch.empty_strided(shape, strides, dtype=first.dtype)
     for row, clip in zip(out, clips):
         row.copy_(clip)
     return out
+
+
+def batch_pool_for(cfg: DataConfig) -> BatchPool | None:
+    """The pool for a loader of `cfg` (None without workers): slots that hold a whole batch of the longest
+    clips."""
+    if cfg.num_workers == 0:
+        return None
+    return BatchPool(cfg.num_workers, cfg.batch_size * 3 * max(cfg.clip_lengths()) * cfg.crop_size**2)
 
 
 class _Samples:
@@ -243,6 +254,7 @@ class ClipDataset(IterableDataset):
         self.start = Position()
         self.mixed = len(cfg.clip_lengths()) > 1  # batches are MixedBatches of one group per clip length
         self.chain: Chain | None = None
+        self.pool: BatchPool | None = None  # set by the loader before the workers start
         self._plans: dict[int, EpochPlan] = {}
 
     def plan(self, epoch: int) -> EpochPlan:
@@ -290,12 +302,15 @@ class ClipDataset(IterableDataset):
                 if position is None:
                     chain.publish(i, None)
                     return
-                batch, end, skips = self._make_batch(position, samples, workers)
+                slot = self.pool.claim(worker) if self.pool is not None and info is not None else None
+                batch, end, skips = self._make_batch(position, samples, workers, slot)
                 chain.publish(i, (position.epoch, position.batch, end))
                 local.merge(skips)
                 local.check(self.cfg.max_skip_fraction, self.cfg.skip_check_min_samples)
-                if info is not None:  # in a worker: its small tensors in the message
-                    batch = for_transport(batch)
+                if info is not None:  # in a worker: clips in a pool slot, small tensors in the message
+                    batch = for_transport(batch, slot)
+                if slot is not None:
+                    slot.release_if_unused()
                 yield batch, BatchInfo(position, end, skips)
         finally:
             reader.close()
@@ -339,7 +354,7 @@ class ClipDataset(IterableDataset):
         return position.epoch, cursor
 
     def _make_batch(
-        self, position: Position, samples: _Samples, workers: int
+        self, position: Position, samples: _Samples, workers: int, slot: Slot | None = None
     ) -> tuple[VideoBatch | MixedBatch | None, int, SkipStats]:
         """(batch, end, counts) for the batch starting at `position`; the batch is None where a rank's
         epoch ends without one to deliver."""
@@ -388,7 +403,7 @@ class ClipDataset(IterableDataset):
             mask_generator=self.mask_generator,
             step=position.step,
             mixed=self.mixed,
-            stack=_stack,
+            stack=lambda rows: _stack(rows, slot),
         )
         return batch, p, skips
 

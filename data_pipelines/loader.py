@@ -40,9 +40,10 @@ from torch.utils.data import DataLoader
 
 from data_pipelines.bad_samples import SkipStats, TooManyBadSamplesError
 from data_pipelines.batch import VideoBatch, from_transport
+from data_pipelines.batch_pool import BatchPool
 from data_pipelines.chain import Chain
 from data_pipelines.config import DataConfig
-from data_pipelines.dataset import BatchInfo, ClipDataset, MaskFn, Position
+from data_pipelines.dataset import BatchInfo, ClipDataset, MaskFn, Position, batch_pool_for
 from data_pipelines.sources import load_sources
 
 __all__ = ["VideoLoader", "build_loader"]
@@ -82,6 +83,7 @@ class VideoLoader:
         self._position = Position()
         self._skips = SkipStats()
         self._clips = 0
+        self._pool: BatchPool | None = None
 
     @property
     def epoch(self) -> int:
@@ -103,6 +105,8 @@ class VideoLoader:
     def __iter__(self) -> Iterator[VideoBatch]:
         self.dataset.start = self._position
         self.dataset.chain = chain = Chain()  # before the workers are created (and copy the dataset) below
+        self._pool = self._pool or batch_pool_for(self.cfg)  # made on first use, kept across epochs
+        self.dataset.pool = pool = self._pool.take() if self._pool is not None else None
         workers = self.cfg.num_workers
         loader = DataLoader(
             self.dataset,
@@ -118,7 +122,7 @@ class VideoLoader:
         delivered: int | None = 0 if self._position.cursor == 0 else None
         try:
             for batch, info in batches:
-                batch = from_transport(batch)  # None (no batch for this rank) stays None
+                batch = from_transport(batch, pool)  # None (no batch for this rank) stays None
                 epoch = info.position.epoch
                 self._advance(info)
                 if batch is not None:
@@ -141,6 +145,8 @@ class VideoLoader:
             shutdown = getattr(batches, "_shutdown_workers", None)
             if shutdown is not None:
                 shutdown()
+            if pool is not None:
+                pool.in_use = False
 
     def state_dict(self) -> dict:
         p = self._position

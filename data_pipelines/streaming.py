@@ -55,8 +55,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_pipelines.bad_samples import BadSampleError, SkipStats, TooManyBadSamplesError
 from data_pipelines.batch import MaskFn, VideoBatch, for_transport, from_transport
+from data_pipelines.batch_pool import BatchPool, Slot
 from data_pipelines.config import DataConfig
-from data_pipelines.dataset import _stack, augmented_clips, clip_picker, one_ahead
+from data_pipelines.dataset import _stack, augmented_clips, batch_pool_for, clip_picker, one_ahead
 from data_pipelines.decode import DecodedVideo, VideoDecoder
 from data_pipelines.loader import _as_is, _freeze_inherited_objects
 from data_pipelines.plan import EpochPlan
@@ -174,6 +175,7 @@ class _StreamDataset(IterableDataset):
         self.workers = max(1, cfg.num_workers)
         self.videos_per_batch = cfg.batch_size // cfg.num_clips
         self.start = StreamPosition(cursors=self.fresh_cursors())
+        self.pool: BatchPool | None = None  # set by the ShardStream before the workers start
         self._layouts: dict[int, _Layout] = {}
 
     def fresh_cursors(self) -> tuple[Cursor, ...]:
@@ -216,11 +218,14 @@ class _StreamDataset(IterableDataset):
             ahead = one_ahead(items)
             try:
                 for k in range(first + (role - first) % self.workers, self.num_batches(epoch), self.workers):
-                    batch, skips, cursor = self._make_batch(ahead, reads, step + k - first)
+                    slot = self.pool.claim(info.id) if self.pool is not None and info is not None else None
+                    batch, skips, cursor = self._make_batch(ahead, reads, step + k - first, slot)
                     local.merge(skips)
                     local.check(self.cfg.max_skip_fraction, self.cfg.skip_check_min_samples)
-                    if info is not None:  # in a worker: the small tensors in the message (see batch.py)
-                        batch = for_transport(batch)
+                    if info is not None:  # in a worker: clips in a pool slot, small tensors in the message
+                        batch = for_transport(batch, slot)
+                    if slot is not None:
+                        slot.release_if_unused()
                     yield batch, _Info(epoch, k, step + k - first, role, cursor, skips)
             finally:
                 ahead.close()
@@ -256,9 +261,14 @@ class _StreamDataset(IterableDataset):
         raise TooManyBadSamplesError(f"rank {self.rank}: shards {[s.url for _, s in reads]} hold no samples")
 
     def _make_batch(
-        self, items: Iterator[_Item], reads: list[tuple[int, StreamShard]], step: int
+        self,
+        items: Iterator[_Item],
+        reads: list[tuple[int, StreamShard]],
+        step: int,
+        slot: Slot | None = None,
     ) -> tuple[VideoBatch, SkipStats, Cursor]:
-        """The next V good members make the batch; bad ones are skipped, counted and logged."""
+        """The next V good members make the batch (its clips in `slot` where given and they fit); bad ones
+        are skipped, counted and logged."""
         clips: list[torch.Tensor] = []  # [3, T, S, S] each
         labels: list[int] = []
         keys: list[str] = []
@@ -284,7 +294,7 @@ class _StreamDataset(IterableDataset):
                 break
         masks = [] if self.mask_generator is None else self.mask_generator(len(keys), worker=0, step=step)
         batch = VideoBatch(
-            clips=_stack(clips),  # [B, 3, T, S, S] uint8
+            clips=_stack(clips, slot),  # [B, 3, T, S, S] uint8
             labels=torch.tensor(labels, dtype=torch.int64),
             masks=masks,
             keys=keys,
@@ -307,6 +317,7 @@ class ShardStream:
         self._position = dataset.start
         self._skips = SkipStats()
         self._clips = 0
+        self._pool: BatchPool | None = None
 
     def _normalized(self) -> StreamPosition:
         p = self._position
@@ -325,6 +336,8 @@ class ShardStream:
     def __iter__(self) -> Iterator[VideoBatch]:
         self._position = self._normalized()
         self.dataset.start = self._position  # workers are created (and copy the dataset) below
+        self._pool = self._pool or batch_pool_for(self.cfg)  # made on first use, kept across epochs
+        self.dataset.pool = pool = self._pool.take() if self._pool is not None else None
         workers = self.cfg.num_workers
         loader = DataLoader(
             self.dataset,
@@ -337,7 +350,7 @@ class ShardStream:
         batches = iter(loader)
         try:
             for batch, info in batches:
-                batch = from_transport(batch)
+                batch = from_transport(batch, pool)
                 p = self._position
                 assert info.step == p.step, f"batch for step {info.step} came at {p.step}"
                 cursors = list(p.cursors if info.epoch == p.epoch else self.dataset.fresh_cursors())
@@ -352,6 +365,8 @@ class ShardStream:
             shutdown = getattr(batches, "_shutdown_workers", None)
             if shutdown is not None:
                 shutdown()
+            if pool is not None:
+                pool.in_use = False
 
     def state_dict(self) -> dict:
         p = self._normalized()
