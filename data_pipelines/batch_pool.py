@@ -4,9 +4,10 @@ Without a pool, each batch a worker builds goes into a new shared-memory segment
 - the worker creates the segment and faults in (zeroes) every page of it;
 - the main process receives its file descriptor over a socket and maps it;
 - the main process unmaps and frees it once the batch is dropped.
-Through a real DataLoader worker on the 2-core development VM (`benchmarks/batch_transport.py`), that cost
-7.5-8.8 ms of worker CPU and 2.6-3.3 ms of main-process CPU per batch of 8 clips of 16 x 112 x 112; with a
-reused buffer, 1.1-1.2 ms and 0.5 ms.
+Through a real DataLoader worker on the 2-core development VM (`benchmarks/batch_transport.py`, two runs),
+that cost 8.8-10.0 ms of worker CPU and 1.7-2.1 ms of main-process CPU per batch of 8 clips of 16 x 112 x 112;
+with a reused slot, 1.2 ms and 0.6-0.7 ms. For 24 clips of 16 x 224 x 224 (55 MiB): 85-89 ms against 14 ms
+in the worker.
 
 A `BatchPool` holds `slots_per_worker` buffers of `slot_bytes` for every worker. The main process creates
 them before the workers fork, so every worker already maps them. Their pages are allocated when first
