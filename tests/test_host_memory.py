@@ -50,7 +50,9 @@ def test_keep_stops_the_page_faults_of_reused_blocks():
     assert kept["applied"] and mapped["applied"] and not released["applied"]
     pages = 10 * sum(1 + i % 5 for i in range(20)) * 256  # 4 KiB pages written in the 10 measured rounds
     assert mapped["faults"] > pages * 9 // 10, mapped  # every page of a mapped block faults when written
-    assert kept["faults"] < pages // 100, kept  # 0 here: the same pages are reused
+    # the same pages are reused: 0 in most runs here, 768-1,536 in some (3-6 MiB of blocks landing on heap pages
+    # not touched before), 2,305 once in a full test run (1.5 %); without keep it is release's 12-71 %
+    assert kept["faults"] < pages // 20, kept
     assert kept["faults"] <= released["faults"], (kept, released)
 
 

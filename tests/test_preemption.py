@@ -151,11 +151,13 @@ def test_a_second_signal_during_the_save_changes_nothing(
 
     monkeypatch.setattr(trainer, "train_step", step_then_signal)
     monkeypatch.setattr(run_module, "save_trainer_state", save_with_interruption)
+    # what the handlers were: a process started in the background by a shell begins with SIGINT ignored
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     summary = trainer.train(load_config(QUICKSTART, [*TINY, f"train.out_dir={tmp_path}"]))
     assert summary.stopped_by == "SIGUSR1" and summary.steps_run == 3 and saves == [3]
     latest = CheckpointManager(tmp_path / "checkpoints").latest()
     assert latest.name == "step_00000003" and (latest / "COMPLETE").is_file()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored afterwards
+    assert {sig: signal.getsignal(sig) for sig in before} == before  # handlers restored afterwards
     monkeypatch.undo()
     again = trainer.train(load_config(QUICKSTART, [*TINY, f"train.out_dir={tmp_path}"]))
     assert again.start_step == 3 and again.stopped_by == "" and logged_steps(tmp_path) == list(range(12))
