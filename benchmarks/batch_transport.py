@@ -71,7 +71,7 @@ def _run(clip: torch.Tensor, batch: int, batches: int, pool: BatchPool | None) -
     wall = time.perf_counter() - start
     cpu_end, faults_end = _usage()
     if pool is not None:
-        pool.in_use = False
+        pool.put_back()
     return {
         "worker_ms": 1000 * worker[0] / batches,
         "worker_faults": worker[1] / batches,

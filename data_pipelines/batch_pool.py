@@ -120,12 +120,16 @@ class BatchPool:
         self.in_use = True
         return self
 
+    def put_back(self) -> None:
+        """The iteration that took the pool has stopped its workers."""
+        self.in_use = False
+
     def lease(self, index: int) -> torch.Tensor:
         """Slot `index` as a 1-D uint8 tensor; the slot is freed once that tensor's storage is released (every
         view of it gone)."""
         if not 0 <= index < len(self.buffers):
             raise ValueError(f"a batch names slot {index}; the pool has {len(self.buffers)}")
-        owner = self.buffers[index].numpy().view()  # a new array object over the slot: the storage owns it
+        owner = self.buffers[index].numpy()  # a new array object over the slot each call: the storage owns it
         weakref.finalize(owner, self._release, index)
         self._held[index] = self._held.get(index, 0) + 1
         self.received += 1

@@ -146,7 +146,7 @@ class VideoLoader:
             if shutdown is not None:
                 shutdown()
             if pool is not None:
-                pool.in_use = False
+                pool.put_back()
 
     def state_dict(self) -> dict:
         p = self._position
