@@ -17,6 +17,9 @@ the workers, uint8 batches through the DataLoader queues). One JSON line:
 the first batch waits for its first 8 decodes); `steady_ratio` counts our loader from each pass's first batch
 on, as a training run that iterates one long stream sees it.
 
+`--decoder pyav` runs our loader with PyAV on one thread per decode (the bare loop stays decord; see
+`benchmarks/decode.py` for the decoders alone).
+
 On a busy machine, `--passes P --rounds R` give steadier figures: R rounds alternate the two (order flipped
 every round), each running P passes over the data.
 

@@ -151,9 +151,12 @@ def _pyav_frame_count(stream: VideoStream, container: InputContainer) -> int:
     return int(round(float(duration) * float(rate))) if duration and rate else 0
 
 
-def decode_pyav(data: bytes, pick: IndexPicker) -> DecodedVideo:
+def decode_pyav(data: bytes, pick: IndexPicker, *, threads: int = 1) -> DecodedVideo:
     """The frames at the picked indices, decoded by PyAV (seeks to the keyframe before the first one, then
-    decodes forward; frame index = round((pts - start) * time_base * fps))."""
+    decodes forward; frame index = round((pts - start) * time_base * fps)).
+
+    `threads`: FFmpeg threads for the decode and for each frame's colour conversion; 1 (on the calling
+    thread, see `_rgb24`), or 0 for FFmpeg's automatic count (`benchmarks/decode.py` compares them)."""
     import av
 
     if not data:
@@ -163,7 +166,7 @@ def decode_pyav(data: bytes, pick: IndexPicker) -> DecodedVideo:
             if not container.streams.video:
                 raise BadSampleError("no video stream")
             stream = container.streams.video[0]
-            stream.codec_context.thread_count = 1  # no slice threads (see _rgb24)
+            stream.codec_context.thread_count = threads
             rate = stream.average_rate or stream.guessed_rate
             fps = float(rate) if rate else 0.0
             num_frames = _pyav_frame_count(stream, container)
@@ -171,33 +174,34 @@ def decode_pyav(data: bytes, pick: IndexPicker) -> DecodedVideo:
                 raise BadSampleError(f"cannot tell the frame count/rate (frames={num_frames}, fps={fps})")
             indices = _checked(pick(num_frames, fps), num_frames)  # [*I]
             unique, positions = union_indices(indices)  # [K], [*I]
-            frames = _pyav_read(container, stream, unique, fps)  # [K, H, W, 3]
+            frames = _pyav_read(container, stream, unique, fps, threads)  # [K, H, W, 3]
             return DecodedVideo(_gather(frames, positions), indices, num_frames, fps)
     except av.FFmpegError as err:
         raise BadSampleError(f"PyAV cannot decode the video: {err}") from err
 
 
-_REFORMAT_THREADS: dict[str, int] = {"threads": 1}  # emptied where PyAV's reformat has no `threads`
+_REFORMAT_HAS_THREADS = [True]  # False once a PyAV without reformat's `threads` was seen
 
 
-def _rgb24(frame: VideoFrame) -> np.ndarray:
-    """The frame as [H, W, 3] uint8 RGB, converted on this thread.
+def _rgb24(frame: VideoFrame, threads: int = 1) -> np.ndarray:
+    """The frame as [H, W, 3] uint8 RGB, converted by `threads` FFmpeg threads (1: on this thread).
 
     PyAV's defaults thread both steps: the H.264 decoder with a pool of (cores + 1) slice threads, and the
     colour conversion with a pool made for each frame. A clip's frames are small, so the hand-offs cost more
     than they save: on the 2-vCPU development VM a 16-frame clip of 128 x 128 took 17-20 ms of CPU (7-9 ms
     of it in the kernel, about 270 context switches) with them and 7-9.5 ms without. The loader's
     parallelism is its workers, one decode each."""
-    try:
-        return frame.to_ndarray(format="rgb24", **_REFORMAT_THREADS)
-    except TypeError:  # a PyAV before `threads`: FFmpeg's own default then applies
-        if not _REFORMAT_THREADS:
-            raise
-        _REFORMAT_THREADS.clear()
-        return frame.to_ndarray(format="rgb24")
+    if _REFORMAT_HAS_THREADS[0]:
+        try:
+            return frame.to_ndarray(format="rgb24", threads=threads)
+        except TypeError:  # a PyAV before `threads`: FFmpeg's own default then applies
+            _REFORMAT_HAS_THREADS[0] = False
+    return frame.to_ndarray(format="rgb24")
 
 
-def _pyav_read(container: InputContainer, stream: VideoStream, wanted: np.ndarray, fps: float) -> np.ndarray:
+def _pyav_read(
+    container: InputContainer, stream: VideoStream, wanted: np.ndarray, fps: float, threads: int
+) -> np.ndarray:
     """Frames [K, H, W, 3] at the sorted distinct indices `wanted` [K]."""
     start_pts = stream.start_time or 0
     tb = float(stream.time_base)
@@ -208,7 +212,7 @@ def _pyav_read(container: InputContainer, stream: VideoStream, wanted: np.ndarra
         index = round((frame.pts - start_pts) * tb * fps) if frame.pts is not None else -1
         if index < wanted[len(got)]:
             continue
-        rgb = _rgb24(frame)
+        rgb = _rgb24(frame, threads)
         rotation = getattr(frame, "rotation", 0)  # display matrix, degrees counter-clockwise (PyAV >= 14)
         if rotation:  # decord applies it; do the same so that both give upright frames
             rgb = np.ascontiguousarray(np.rot90(rgb, (rotation // 90) % 4))

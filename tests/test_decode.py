@@ -61,6 +61,33 @@ def test_pyav_decodes_on_the_calling_thread() -> None:
     assert waits < 20, f"{waits} voluntary context switches in 4 decodes"
 
 
+def test_decode_benchmark_times_every_decoder_on_the_same_clips(shard_dir, capsys) -> None:
+    from benchmarks import decode as bench
+
+    result = bench.main(
+        [
+            "--data",
+            str(shard_dir),
+            "--videos",
+            "2",
+            "--starts",
+            "2",
+            "--frames",
+            "4",
+            "--frame-step",
+            "2",
+            "--rounds",
+            "2",
+            "--json",
+        ]
+    )
+    assert result["clips"] == 2 * 2 * 2
+    for name in ("decord", "pyav_1_thread", "pyav_auto_threads"):
+        assert result[name]["cpu_ms"] > 0 and result[name]["wall_ms"] > 0
+    assert result["cpu_ratio_decord"] > 0 and result["cpu_ratio_pyav_auto"] > 0
+    assert capsys.readouterr().out.count("\n") == 1  # one JSON line
+
+
 @pytest.mark.parametrize("degrees", [90, 180, 270])
 def test_rotated_videos_come_out_upright_from_both_decoders(degrees: int) -> None:
     data = rotated_mp4(degrees)
