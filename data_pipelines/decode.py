@@ -16,6 +16,7 @@ alarm). After a few hung decodes the process refuses to go on rather than pile u
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 from collections.abc import Callable
@@ -180,23 +181,25 @@ def decode_pyav(data: bytes, pick: IndexPicker, *, threads: int = 1) -> DecodedV
         raise BadSampleError(f"PyAV cannot decode the video: {err}") from err
 
 
-_REFORMAT_HAS_THREADS = [True]  # False once a PyAV without reformat's `threads` was seen
+@functools.cache
+def reformat_threads(threads: int) -> dict[str, int]:
+    """Keyword arguments for PyAV's `reformat` / `to_ndarray` that convert with `threads` FFmpeg threads.
+    PyAV 17 threads the conversion, by default with FFmpeg's automatic count; earlier versions take no
+    such argument and convert on the calling thread."""
+    import av
+
+    return {"threads": threads} if int(av.__version__.split(".")[0]) >= 17 else {}
 
 
 def _rgb24(frame: VideoFrame, threads: int = 1) -> np.ndarray:
     """The frame as [H, W, 3] uint8 RGB, converted by `threads` FFmpeg threads (1: on this thread).
 
-    PyAV's defaults thread both steps: the H.264 decoder with a pool of (cores + 1) slice threads, and the
-    colour conversion with a pool made for each frame. A clip's frames are small, so the hand-offs cost more
-    than they save: on the 2-vCPU development VM a 16-frame clip of 128 x 128 took 17-20 ms of CPU (7-9 ms
-    of it in the kernel, about 270 context switches) with them and 7-9.5 ms without. The loader's
-    parallelism is its workers, one decode each."""
-    if _REFORMAT_HAS_THREADS[0]:
-        try:
-            return frame.to_ndarray(format="rgb24", threads=threads)
-        except TypeError:  # a PyAV before `threads`: FFmpeg's own default then applies
-            _REFORMAT_HAS_THREADS[0] = False
-    return frame.to_ndarray(format="rgb24")
+    PyAV's defaults thread both steps: the H.264 decoder with a pool of (cores + 1) slice threads, and (from
+    PyAV 17) the colour conversion with a pool made for each frame. A clip's frames are small, so the
+    hand-offs cost more than they save: on the 2-vCPU development VM a 16-frame clip of 128 x 128 took
+    17-20 ms of CPU (7-9 ms of it in the kernel, about 270 context switches) with them and 7-9.5 ms without.
+    The loader's parallelism is its workers, one decode each."""
+    return frame.to_ndarray(format="rgb24", **reformat_threads(threads))
 
 
 def _pyav_read(

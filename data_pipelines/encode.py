@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from data_pipelines.decode import reformat_threads
+
 if TYPE_CHECKING:
     import av
 
@@ -228,7 +230,10 @@ def reencode_video(
     container = _open(data)
     try:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        if threads == 1:  # one process of many: decode on this thread too
+            stream.codec_context.thread_count = 1
+        else:
+            stream.thread_type = "AUTO"
         src_fps = _stream_fps(stream)
         dst_fps = fps if fps is not None else (src_fps or 30.0)
         ctx = stream.codec_context
@@ -238,7 +243,8 @@ def reencode_video(
 
         def frames() -> Iterator[av.VideoFrame]:
             for frame in container.decode(stream):
-                yield frame.reformat(width=width, height=height, format=_PIX_FMT)
+                # on this thread: PyAV 17 would make a thread pool for every frame (see decode._rgb24)
+                yield frame.reformat(width=width, height=height, format=_PIX_FMT, **reformat_threads(1))
 
         return _encode_frames(
             _resampled(frames(), src_fps, dst_fps),

@@ -69,6 +69,21 @@ def test_reencode_shortens_keyframe_interval_and_resizes():
     assert keyframe_positions(out) == list(range(0, 32, 4))
 
 
+def test_reencode_with_one_thread_waits_for_no_other_thread():
+    """`threads=1` (the shard writer's setting with several processes): the decode, the resize and the
+    encode all run on the calling thread. PyAV 17's default made a thread pool for every frame's resize
+    (thousands of waits per video)."""
+    import resource
+
+    source = encode_video(moving_square(frames=48, height=128, width=192), threads=1)
+    reencode_video(source, gop=8, short_side=64, threads=1)  # first use
+    before = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+    out = reencode_video(source, gop=8, short_side=64, threads=1)
+    waits = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw - before
+    assert probe_video(out)["height"] == 64
+    assert waits < 20, f"{waits} voluntary context switches in one re-encode"
+
+
 def test_reencode_changes_fps_keeping_duration():
     source = encode_video(moving_square(frames=24), fps=12)
     half = probe_video(reencode_video(source, gop=4, fps=6))
