@@ -32,8 +32,10 @@ and restore.
 
 from __future__ import annotations
 
+import atexit
 import gc
 import signal
+import weakref
 from collections.abc import Iterator
 
 from torch.utils.data import DataLoader
@@ -44,6 +46,7 @@ from data_pipelines.batch_pool import BatchPool
 from data_pipelines.chain import Chain
 from data_pipelines.config import DataConfig
 from data_pipelines.dataset import BatchInfo, ClipDataset, MaskFn, Position, batch_pool_for
+from data_pipelines.decode import preload
 from data_pipelines.sources import load_sources
 
 __all__ = ["VideoLoader", "build_loader"]
@@ -65,6 +68,27 @@ def _freeze_inherited_objects(worker_id: int) -> None:
     gc.freeze()
     for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
+
+
+_OPEN_ITERATIONS: weakref.WeakSet[Iterator] = weakref.WeakSet()
+
+
+def opened(iteration: Iterator[VideoBatch]) -> Iterator[VideoBatch]:
+    """Registers a loader iteration (a generator whose `finally` stops its workers) to be closed at exit."""
+    _OPEN_ITERATIONS.add(iteration)
+    return iteration
+
+
+@atexit.register  # registered after multiprocessing's own exit handler (imported with torch), so it runs first
+def _close_open_iterations() -> None:
+    """Closes the loader iterations still open when the interpreter exits (one held in a global, say), which
+    stops their workers. Otherwise multiprocessing's exit handler would send the workers SIGTERM, which they
+    ignore (see `_freeze_inherited_objects`), and then wait for them forever."""
+    for iteration in list(_OPEN_ITERATIONS):
+        try:
+            iteration.close()  # type: ignore[attr-defined]
+        except Exception:  # exiting anyway: the other iterations still get closed
+            pass
 
 
 class VideoLoader:
@@ -103,11 +127,16 @@ class VideoLoader:
         self._skips.check(self.cfg.max_skip_fraction, self.cfg.skip_check_min_samples)
 
     def __iter__(self) -> Iterator[VideoBatch]:
+        return opened(self._iterate())
+
+    def _iterate(self) -> Iterator[VideoBatch]:
         self.dataset.start = self._position
         self.dataset.chain = chain = Chain()  # before the workers are created (and copy the dataset) below
         self._pool = self._pool or batch_pool_for(self.cfg)  # made on first use, kept across epochs
         self.dataset.pool = pool = self._pool.take() if self._pool is not None else None
         workers = self.cfg.num_workers
+        if workers:
+            preload(self.cfg.decoder)  # once here, not in every worker it forks
         loader = DataLoader(
             self.dataset,
             batch_size=None,

@@ -58,8 +58,8 @@ from data_pipelines.batch import MaskFn, VideoBatch, for_transport, from_transpo
 from data_pipelines.batch_pool import BatchPool, Slot
 from data_pipelines.config import DataConfig
 from data_pipelines.dataset import _stack, augmented_clips, batch_pool_for, clip_picker, one_ahead
-from data_pipelines.decode import DecodedVideo, VideoDecoder
-from data_pipelines.loader import _as_is, _freeze_inherited_objects
+from data_pipelines.decode import DecodedVideo, VideoDecoder, preload
+from data_pipelines.loader import _as_is, _freeze_inherited_objects, opened
 from data_pipelines.plan import EpochPlan
 from data_pipelines.sources import Source, _parse_label
 from data_pipelines.stream_shards import (
@@ -334,11 +334,16 @@ class ShardStream:
         return self.dataset.num_batches(self.epoch)
 
     def __iter__(self) -> Iterator[VideoBatch]:
+        return opened(self._iterate())
+
+    def _iterate(self) -> Iterator[VideoBatch]:
         self._position = self._normalized()
         self.dataset.start = self._position  # workers are created (and copy the dataset) below
         self._pool = self._pool or batch_pool_for(self.cfg)  # made on first use, kept across epochs
         self.dataset.pool = pool = self._pool.take() if self._pool is not None else None
         workers = self.cfg.num_workers
+        if workers:
+            preload(self.cfg.decoder)  # once here, not in every worker it forks
         loader = DataLoader(
             self.dataset,
             batch_size=None,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -410,3 +412,30 @@ def test_batch_clips_are_channels_last_in_memory_and_normalize_to_contiguous(
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1) * 255.0
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1) * 255.0
     torch.testing.assert_close(x, (batch.clips.contiguous().float() - mean) / std)
+
+
+def test_a_loader_with_workers_imports_its_decoder_before_they_fork_and_exits_with_an_open_iteration(
+    shard_dir: Path,
+) -> None:
+    """Each iteration forks new workers; a decoder library the main process had not imported was imported
+    again by every one of them at its first decode (PyAV: about 60 ms each). And a process that ended with
+    an iteration still open (held in a global) never exited: multiprocessing's exit handler sent the
+    workers SIGTERM, which they ignore, and waited for them."""
+    code = f"""
+import sys
+from data_pipelines.config import DataConfig, SourceConfig
+from data_pipelines.loader import build_loader
+cfg = DataConfig(dataset="files", sources=[SourceConfig(path={str(shard_dir)!r})], frames_per_clip=4,
+                 frame_step=2, crop_size=16, batch_size=4, num_workers=1, decoder="pyav")
+loader = build_loader(cfg, mask_generator=None, seed=0)
+assert "av" not in sys.modules, "imported before any iteration"
+batches = iter(loader)
+assert next(batches).clips.shape == (4, 3, 4, 16, 16)
+assert "av" in sys.modules, "not imported in the main process"
+print("done", flush=True)
+"""
+    try:
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"the process did not exit within 60 s; its output: {err.stdout!r}")
+    assert run.returncode == 0 and run.stdout == "done\n", run.stderr[-2000:]
