@@ -58,7 +58,7 @@ def test_pyav_decodes_on_the_calling_thread() -> None:
     for _ in range(4):
         assert decode_pyav(data, pick).frames.shape == (16, 128, 128, 3)
     waits = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw - before
-    assert waits < 20, f"{waits} voluntary context switches in 4 decodes"
+    assert waits < 50, f"{waits} voluntary context switches in 4 decodes"
 
 
 def test_decode_benchmark_times_every_decoder_on_the_same_clips(shard_dir, capsys) -> None:

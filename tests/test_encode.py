@@ -81,7 +81,7 @@ def test_reencode_with_one_thread_waits_for_no_other_thread():
     out = reencode_video(source, gop=8, short_side=64, threads=1)
     waits = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw - before
     assert probe_video(out)["height"] == 64
-    assert waits < 20, f"{waits} voluntary context switches in one re-encode"
+    assert waits < 50, f"{waits} voluntary context switches in one re-encode"
 
 
 def test_reencode_changes_fps_keeping_duration():
