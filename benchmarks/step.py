@@ -132,7 +132,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def build(args: argparse.Namespace, device: torch.device, precision: str):
     """(config, engine, one synthetic batch on the device) for the benchmark's arguments."""
     from data_pipelines import MaskGenerator, build_train_stream
-    from vjepa import host_memory
     from vjepa.config import load_config
     from vjepa.distributed.env import DistEnv
     from vjepa.models.builder import token_grid
@@ -157,7 +156,6 @@ def build(args: argparse.Namespace, device: torch.device, precision: str):
     if args.compile:
         overrides.append("model.compile=true")
     cfg = load_config(None, overrides)
-    host_memory.apply(cfg.train.host_memory)  # as a training run does (vjepa/train/run.py)
     engine = make_engine(cfg, build_models(cfg, device), device, DistEnv())
     grid = token_grid(
         frames=args.frames, crop=args.crop, patch=cfg.model.patch_size, tubelet=cfg.model.tubelet_size

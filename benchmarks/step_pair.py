@@ -7,8 +7,7 @@ the speedup and every round's ratio.
     python benchmarks/step_pair.py --before . --before-set train.host_memory=release   # one option, A/B
 
 The workers use only `load_config`, `build_models`, `make_engine`, `MaskGenerator`, `build_train_stream` and
-`train_step`, which both checkouts must have, and `train.host_memory` where a checkout has it (as its training
-runs do); each runs with one torch thread unless --threads says more.
+`train_step`, which both checkouts must have; each runs with one torch thread unless --threads says more.
 """
 
 from __future__ import annotations
@@ -50,12 +49,6 @@ def worker(args: argparse.Namespace) -> None:
             *(args.before_set if args.side == "before" else args.after_set),
         ],
     )
-    try:  # each checkout's malloc settings, as its training runs have them (vjepa/host_memory.py)
-        from vjepa import host_memory
-    except ImportError:  # a checkout from before train.host_memory: the system's settings
-        pass
-    else:
-        host_memory.apply(cfg.train.host_memory)
     engine = make_engine(cfg, build_models(cfg, device), device, DistEnv())
     grid = token_grid(
         frames=args.frames, crop=args.crop, patch=cfg.model.patch_size, tubelet=cfg.model.tubelet_size
