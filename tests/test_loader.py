@@ -414,18 +414,20 @@ def test_batch_clips_are_channels_last_in_memory_and_normalize_to_contiguous(
     torch.testing.assert_close(x, (batch.clips.contiguous().float() - mean) / std)
 
 
+@pytest.mark.parametrize("streamed", [False, True])
 def test_a_loader_with_workers_imports_its_decoder_before_they_fork_and_exits_with_an_open_iteration(
-    shard_dir: Path,
+    shard_dir: Path, streamed: bool
 ) -> None:
     """Each iteration forks new workers; a decoder library the main process had not imported was imported
     again by every one of them at its first decode (PyAV: about 60 ms each). And a process that ended with
     an iteration still open (held in a global) never exited: multiprocessing's exit handler sent the
     workers SIGTERM, which they ignore, and waited for them."""
+    path = f"pipe:cat {shard_dir}/shard-{{000000..000003}}.tar" if streamed else str(shard_dir)
     code = f"""
 import sys
 from data_pipelines.config import DataConfig, SourceConfig
 from data_pipelines.loader import build_loader
-cfg = DataConfig(dataset="files", sources=[SourceConfig(path={str(shard_dir)!r})], frames_per_clip=4,
+cfg = DataConfig(dataset="files", sources=[SourceConfig(path={path!r})], frames_per_clip=4,
                  frame_step=2, crop_size=16, batch_size=4, num_workers=1, decoder="pyav")
 loader = build_loader(cfg, mask_generator=None, seed=0)
 assert "av" not in sys.modules, "imported before any iteration"
