@@ -82,8 +82,14 @@ def preload(name: str) -> None:
     """Imports the library that decoder `name` resolves to, in this process, so that DataLoader workers
     forked afterwards find it loaded: otherwise every worker of every loader iteration imports it at its
     first decode (PyAV took about 60 ms to import, on a loader pass of about 1 s on the development VM)."""
-    if resolve_decoder(name) == "pyav":  # (resolving "auto" or "decord" imports decord)
+    if resolve_decoder(name) != "pyav":  # (resolving "auto" or "decord" imported decord)
+        return
+    try:
         import av  # noqa: F401
+    except ImportError as err:
+        raise ValueError(
+            f"data.decoder: 'pyav' is selected but cannot be imported ({err}); pip install av"
+        ) from err
 
 
 def _checked(indices: np.ndarray, num_frames: int) -> np.ndarray:

@@ -3,6 +3,7 @@ and evaluation views) on tiny real videos."""
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -234,3 +235,9 @@ def test_normalize_uses_imagenet_statistics() -> None:
     )
     with pytest.raises(ValueError):
         normalize(clips.float())
+
+
+def test_preloading_a_missing_pyav_names_the_key(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` now raises ImportError
+    with pytest.raises(ValueError, match=r"data\.decoder: 'pyav' is selected but cannot be imported"):
+        decode.preload("pyav")
