@@ -65,23 +65,8 @@ def test_pyav_decodes_on_the_calling_thread() -> None:
 def test_decode_benchmark_times_every_decoder_on_the_same_clips(shard_dir, capsys) -> None:
     from benchmarks import decode as bench
 
-    result = bench.main(
-        [
-            "--data",
-            str(shard_dir),
-            "--videos",
-            "2",
-            "--starts",
-            "2",
-            "--frames",
-            "4",
-            "--frame-step",
-            "2",
-            "--rounds",
-            "2",
-            "--json",
-        ]
-    )
+    args = "--videos 2 --starts 2 --frames 4 --frame-step 2 --rounds 2 --json".split()
+    result = bench.main(["--data", str(shard_dir), *args])
     assert result["clips"] == 2 * 2 * 2
     for name in ("decord", "pyav_1_thread", "pyav_auto_threads"):
         assert result[name]["cpu_ms"] > 0 and result[name]["wall_ms"] > 0

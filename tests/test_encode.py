@@ -72,7 +72,7 @@ def test_reencode_shortens_keyframe_interval_and_resizes():
 def test_reencode_with_one_thread_waits_for_no_other_thread():
     """`threads=1` (the shard writer's setting with several processes): the decode, the resize and the
     encode all run on the calling thread. PyAV 17's default made a thread pool for every frame's resize
-    (thousands of waits per video)."""
+    (193 waits for this video)."""
     import resource
 
     source = encode_video(moving_square(frames=48, height=128, width=192), threads=1)
