@@ -206,7 +206,7 @@ def reformat_threads(threads: int) -> dict[str, int]:
     return {"threads": threads} if int(av.__version__.split(".")[0]) >= 17 else {}
 
 
-def _rgb24(frame: VideoFrame, threads: int = 1) -> np.ndarray:
+def _rgb24(frame: VideoFrame, threads: int) -> np.ndarray:
     """The frame as [H, W, 3] uint8 RGB, converted by `threads` FFmpeg threads (1: on this thread).
 
     PyAV's defaults thread both steps: the H.264 decoder with a pool of (cores + 1) slice threads, and (from

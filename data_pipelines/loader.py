@@ -38,7 +38,7 @@ import signal
 import weakref
 from collections.abc import Iterator
 
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from data_pipelines.bad_samples import SkipStats, TooManyBadSamplesError
 from data_pipelines.batch import VideoBatch, from_transport
@@ -68,6 +68,24 @@ def _freeze_inherited_objects(worker_id: int) -> None:
     gc.freeze()
     for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
+
+
+def run_workers(dataset: IterableDataset, cfg: DataConfig) -> Iterator:
+    """A DataLoader iteration over `dataset` in `cfg.num_workers` workers (in process with none): items as the
+    dataset yields them, workers set up by `_freeze_inherited_objects`. The decoder library is imported here
+    first, once, rather than in every worker forked below."""
+    workers = cfg.num_workers
+    if workers:
+        preload(cfg.decoder)
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=_as_is,
+        worker_init_fn=_freeze_inherited_objects,
+        prefetch_factor=2 if workers else None,
+    )
+    return iter(loader)
 
 
 _OPEN_ITERATIONS: weakref.WeakSet[Iterator] = weakref.WeakSet()
@@ -134,18 +152,7 @@ class VideoLoader:
         self.dataset.chain = chain = Chain()  # before the workers are created (and copy the dataset) below
         self._pool = self._pool or batch_pool_for(self.cfg)  # made on first use, kept across epochs
         self.dataset.pool = pool = self._pool.take() if self._pool is not None else None
-        workers = self.cfg.num_workers
-        if workers:
-            preload(self.cfg.decoder)  # once here, not in every worker it forks
-        loader = DataLoader(
-            self.dataset,
-            batch_size=None,
-            num_workers=workers,
-            collate_fn=_as_is,
-            worker_init_fn=_freeze_inherited_objects,
-            prefetch_factor=2 if workers else None,
-        )
-        batches = iter(loader)
+        batches = run_workers(self.dataset, self.cfg)
         # batches in the current epoch (None: it began before this iteration): an epoch without any means
         # that none of the rank's samples loads
         delivered: int | None = 0 if self._position.cursor == 0 else None

@@ -51,15 +51,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from data_pipelines.bad_samples import BadSampleError, SkipStats, TooManyBadSamplesError
 from data_pipelines.batch import MaskFn, VideoBatch, for_transport, from_transport
 from data_pipelines.batch_pool import BatchPool, Slot
 from data_pipelines.config import DataConfig
 from data_pipelines.dataset import _stack, augmented_clips, batch_pool_for, clip_picker, one_ahead
-from data_pipelines.decode import DecodedVideo, VideoDecoder, preload
-from data_pipelines.loader import _as_is, _freeze_inherited_objects, opened
+from data_pipelines.decode import DecodedVideo, VideoDecoder
+from data_pipelines.loader import opened, run_workers
 from data_pipelines.plan import EpochPlan
 from data_pipelines.sources import Source, _parse_label
 from data_pipelines.stream_shards import (
@@ -341,18 +341,7 @@ class ShardStream:
         self.dataset.start = self._position  # workers are created (and copy the dataset) below
         self._pool = self._pool or batch_pool_for(self.cfg)  # made on first use, kept across epochs
         self.dataset.pool = pool = self._pool.take() if self._pool is not None else None
-        workers = self.cfg.num_workers
-        if workers:
-            preload(self.cfg.decoder)  # once here, not in every worker it forks
-        loader = DataLoader(
-            self.dataset,
-            batch_size=None,
-            num_workers=workers,
-            collate_fn=_as_is,
-            worker_init_fn=_freeze_inherited_objects,
-            prefetch_factor=2 if workers else None,
-        )
-        batches = iter(loader)
+        batches = run_workers(self.dataset, self.cfg)
         try:
             for batch, info in batches:
                 batch = from_transport(batch, pool)
