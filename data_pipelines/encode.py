@@ -7,15 +7,23 @@ keyframe, so shards meant for clip sampling are re-encoded with a short, fixed i
 interval is pinned with `g` + `keyint_min` and scene-cut detection off, otherwise x264 inserts extra
 keyframes and may stretch the interval.
 
+libx264 is held to its AVX2 kernels on CPUs with AVX-512 (`x264_asm_cap`). With its AVX-512 kernels the
+same frames and options encoded to different bytes from one call to the next, even on one thread (7 of 10
+synthetic 64 x 64 videos gave 2-4 different outputs in 30 encodes each); with AVX2, SSE4.2 or no assembly
+every encode of each video was the same. Capped, the bytes also matched the SSE4.2 kernels' for every video
+tried, so a machine without AVX-512 writes the same shards.
+
 PyAV is imported when a function first needs it, so that importing the shard writer or the synthetic data
 generator (for `vjepa --help`, say) does not load it.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,9 +44,26 @@ def _rate(fps: float, key: str = "fps") -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
+@functools.cache
+def x264_asm_cap(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The `asm` setting that keeps libx264 off its AVX-512 kernels: "AVX2" where the CPU has AVX-512 (every
+    such CPU has AVX2, FMA3 and BMI2, the other features that name turns on), None elsewhere or when the CPU's
+    flags cannot be read (x264 then picks its kernels itself)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []
+    )
+    return "AVX2" if "avx512f" in flags else None
+
+
 def _codec_options(codec: str, *, gop: int | None, crf: int, threads: int) -> dict[str, str]:
-    """Encoder options that make `crf` and `gop` mean the same thing across the common codecs."""
+    """Encoder options that make `crf` and `gop` mean the same thing across the common codecs (and libx264's
+    output the same from one encode to the next, see the module docstring)."""
     options: dict[str, str] = {"threads": str(threads)} if threads > 0 else {}
+    x264: list[str] = []
     if codec in ("libx264", "libx265"):
         options.update(crf=str(crf), preset="veryfast")
     elif codec.startswith("libvpx"):
@@ -47,8 +72,12 @@ def _codec_options(codec: str, *, gop: int | None, crf: int, threads: int) -> di
         if gop < 1:
             raise ValueError(f"gop must be >= 1, got {gop}")
         options.update(g=str(gop), keyint_min=str(gop), sc_threshold="0")
-        if codec == "libx264":
-            options["x264-params"] = f"keyint={gop}:min-keyint={gop}:scenecut=0"
+        x264 += [f"keyint={gop}", f"min-keyint={gop}", "scenecut=0"]
+    if codec == "libx264":
+        cap = x264_asm_cap()
+        x264 += [f"asm={cap}"] if cap else []
+        if x264:
+            options["x264-params"] = ":".join(x264)
     return options
 
 

@@ -8,7 +8,8 @@ import av
 import numpy as np
 import pytest
 
-from data_pipelines.encode import encode_video, probe_video, reencode_video
+from data_pipelines import encode as encode_mod
+from data_pipelines.encode import encode_video, probe_video, reencode_video, x264_asm_cap
 
 
 def moving_square(frames: int = 24, height: int = 32, width: int = 48) -> np.ndarray:
@@ -82,6 +83,27 @@ def test_reencode_with_one_thread_waits_for_no_other_thread():
     waits = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw - before
     assert probe_video(out)["height"] == 64
     assert waits < 50, f"{waits} voluntary context switches in one re-encode"
+
+
+def test_the_same_frames_encode_to_the_same_bytes_every_time():
+    """libx264's AVX-512 kernels gave 2-9 different outputs in 40 encodes of these videos on one thread; the
+    cap on its kernels makes every encode the same. (On a CPU without AVX-512 this cannot fail.)"""
+    from data_pipelines.synthetic import render_video
+
+    for k in range(4):
+        video = render_video(k % 3, frames=32, size=64, rng=np.random.default_rng([1, 0, k]))
+        outputs = {encode_video(video, fps=15, gop=16, crf=18, threads=1) for _ in range(40)}
+        assert len(outputs) == 1, f"video {k}: {len(outputs)} different encodes of the same frames"
+
+
+def test_x264_asm_cap_reads_the_cpu_flags(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma bmi2 avx512f avx512bw\n")
+    assert x264_asm_cap.__wrapped__(str(cpuinfo)) == "AVX2"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma bmi2\n")
+    assert x264_asm_cap.__wrapped__(str(cpuinfo)) is None
+    assert x264_asm_cap.__wrapped__(str(tmp_path / "missing")) is None
+    assert "x264-params" not in encode_mod._codec_options("libvpx-vp9", gop=4, crf=30, threads=1)
 
 
 def test_reencode_changes_fps_keeping_duration():
