@@ -86,8 +86,8 @@ def test_reencode_with_one_thread_waits_for_no_other_thread():
 
 
 def test_the_same_frames_encode_to_the_same_bytes_every_time():
-    """libx264's AVX-512 kernels gave 2-9 different outputs in 40 encodes of these videos on one thread; the
-    cap on its kernels makes every encode the same. (On a CPU without AVX-512 this cannot fail.)"""
+    """Without the cap, libx264's AVX-512 kernels gave 2-6 different outputs in 40 encodes of two of these four
+    videos, on one thread; capped, every encode is the same. (On a CPU without AVX-512 this cannot fail.)"""
     from data_pipelines.synthetic import render_video
 
     for k in range(4):
