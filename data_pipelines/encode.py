@@ -75,7 +75,8 @@ def _codec_options(codec: str, *, gop: int | None, crf: int, threads: int) -> di
         x264 += [f"keyint={gop}", f"min-keyint={gop}", "scenecut=0"]
     if codec == "libx264":
         cap = x264_asm_cap()
-        x264 += [f"asm={cap}"] if cap else []
+        if cap:
+            x264.append(f"asm={cap}")
         if x264:
             options["x264-params"] = ":".join(x264)
     return options
